@@ -1,0 +1,168 @@
+"""Thin Tornado handlers: the MCP endpoint (a bridge to the SDK's ASGI app) and a status API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from tornado import web
+from tornado.iostream import StreamClosedError
+
+import contextlab
+from contextlab.extension.service import USER_SCOPE_KEY, ContextService, jsonrpc_body_error
+
+AUTH_RESOURCE = "contextlab"
+_SESSION_HEADER = "Mcp-Session-Id"
+
+
+def _jsonrpc_error(code: int, message: str) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}).encode()
+
+
+class MCPHandler(APIHandler):
+    """`{base_url}contextlab/mcp`: Jupyter authenticates and authorises, then the MCP SDK answers.
+
+    The request is handed to the SDK's streamable-HTTP session manager as an ASGI call, and each
+    body chunk it sends is flushed at once so SSE streams stream.
+    """
+
+    auth_resource = AUTH_RESOURCE
+
+    def initialize(self, service: ContextService) -> None:
+        self.service = service
+        self._disconnected = asyncio.Event()
+
+    def on_connection_close(self) -> None:
+        self._disconnected.set()
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        await self._bridge()
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        await self._bridge()
+
+    @web.authenticated
+    @authorized
+    async def delete(self) -> None:
+        await self._bridge()
+
+    async def _bridge(self) -> None:
+        user = self.current_user.username
+        body = self.request.body or b""
+        if len(body) > self.service.max_request_bytes:
+            self.set_status(413)
+            self.finish(_jsonrpc_error(
+                -32600,
+                f"Request body is {len(body)} bytes; the limit is {self.service.max_request_bytes} "
+                "(ContextLab.max_request_bytes). Send smaller arguments.",
+            ))
+            return
+        if self.request.method == "POST":
+            problem = jsonrpc_body_error(body)
+            if problem is not None:
+                self.set_status(400)
+                self.finish(_jsonrpc_error(*problem))
+                return
+        session_id = self.request.headers.get(_SESSION_HEADER)
+        if session_id is not None:
+            owner = self.service.session_owner(session_id)
+            if owner is not None and owner != user:
+                self.set_status(404)
+                self.finish(_jsonrpc_error(-32600, "Session not found. Start a new session with initialize."))
+                return
+
+        scope = self._asgi_scope(user)
+        sent_body = False
+        content_type = "application/json"
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent_body
+            if not sent_body:
+                sent_body = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await self._disconnected.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            nonlocal content_type
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                self.set_status(status)
+                self.clear_header("Content-Type")
+                for raw_name, raw_value in message.get("headers", []):
+                    name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+                    if name.lower() == "content-type":
+                        content_type = value
+                    if name.lower() == "mcp-session-id" and status < 300:
+                        self.service.claim_session(value, user)
+                    self.add_header(name, value)
+            elif message["type"] == "http.response.body":
+                if self._disconnected.is_set():
+                    return
+                chunk = message.get("body", b"")
+                if chunk:
+                    self.write(chunk)
+                if message.get("more_body", False):
+                    try:
+                        await self.flush()
+                    except StreamClosedError:
+                        self._disconnected.set()
+
+        try:
+            await self.service.handle(scope, receive, send)
+        finally:
+            if self.request.method == "DELETE" and session_id is not None and self.get_status() < 300:
+                self.service.release_session(session_id)
+            if not self._finished and not self._disconnected.is_set():
+                self.finish(set_content_type=content_type)
+            self._disconnected.set()
+
+    def _asgi_scope(self, user: str) -> dict[str, Any]:
+        request = self.request
+        host, _, port = request.host.rpartition(":") if ":" in request.host else (request.host, "", "")
+        return {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": request.version.removeprefix("HTTP/") if request.version else "1.1",
+            "method": request.method,
+            "scheme": request.protocol,
+            "path": "/mcp",
+            "raw_path": b"/mcp",
+            "root_path": "",
+            "query_string": request.query.encode("latin-1"),
+            "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in request.headers.get_all()],
+            "client": (request.remote_ip or "", 0),
+            "server": (host or request.host, int(port) if port.isdigit() else None),
+            "state": {},
+            USER_SCOPE_KEY: user,
+        }
+
+
+class StatusHandler(APIHandler):
+    """`{base_url}contextlab/api/status`: version, endpoint path and what the providers serve."""
+
+    auth_resource = AUTH_RESOURCE
+
+    def initialize(self, service: ContextService, mcp_url_path: str) -> None:
+        self.service = service
+        self.mcp_url_path = mcp_url_path
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.finish(json.dumps({
+            "version": contextlab.__version__,
+            "mcp_path": self.mcp_url_path,
+            "providers": [
+                {"name": p.name, "version": p.version, "tools": sorted(t.name for t in p.build_tools())}
+                for p in self.service.providers
+            ],
+            "tool_count": len(self.service.tool_names),
+        }))
