@@ -9,13 +9,21 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import contextlab
 from contextlab.connect import client_configs, connection_banner, mcp_url, python_snippet
 
-_CHECKED_PACKAGES = ["jupyter_server", "jupyterlab", "mcp", "duckdb", "sqlglot", "sqlalchemy", "alembic",
-                     "ipykernel", "pandas"]
+_CHECKED_PACKAGES = [
+    "jupyter_server",
+    "jupyterlab",
+    "mcp",
+    "duckdb",
+    "sqlglot",
+    "sqlalchemy",
+    "alembic",
+    "ipykernel",
+    "pandas",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,8 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     config.add_argument("--url", help="Jupyter server URL including base_url (default: newest running server).")
     config.add_argument("--token", help="Jupyter token (default: the running server's).")
-    config.add_argument("--format", choices=["all", "cursor", "vscode", "claude_desktop", "python", "url"],
-                        default="all", help="What to print (default: all).")
+    config.add_argument(
+        "--format",
+        choices=["all", "cursor", "vscode", "claude_desktop", "python", "url"],
+        default="all",
+        help="What to print (default: all).",
+    )
     config.set_defaults(func=_cmd_mcp_config)
 
     doctor = sub.add_parser(
@@ -72,8 +84,25 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--token", help="Jupyter token (default: the running server's).")
     doctor.set_defaults(func=_cmd_doctor)
 
-    demo = sub.add_parser("demo", help="Create the demo workspace without starting a server.",
-                          description="Create the demo workspace (DuckDB shop, notebooks, docs) in a folder.")
+    enable = sub.add_parser(
+        "enable",
+        help="Enable the server extension in Jupyter's config (for editable installs and custom setups).",
+        description="Write jupyter_server_config.d/contextlab.json so that plain `jupyter lab` and "
+        "`jupyter server` load ContextLab. A regular `pip install` does this already; an editable "
+        "install (`pip install -e`) cannot, so run this once after it.",
+    )
+    enable.add_argument(
+        "--user",
+        action="store_true",
+        help="Write to the user's Jupyter config folder instead of this Python environment's (sys.prefix).",
+    )
+    enable.set_defaults(func=_cmd_enable)
+
+    demo = sub.add_parser(
+        "demo",
+        help="Create the demo workspace without starting a server.",
+        description="Create the demo workspace (DuckDB shop, notebooks, docs) in a folder.",
+    )
     demo.add_argument("path", nargs="?", default="contextlab-demo", help="Folder (default: ./contextlab-demo).")
     demo.set_defaults(func=_cmd_demo)
     return parser
@@ -93,6 +122,9 @@ def _cmd_up(args: argparse.Namespace, extra: list[str]) -> int:
     if args.no_browser:
         argv.append("--ServerApp.open_browser=False")
     argv.append("--ServerApp.jpserver_extensions={'contextlab.extension': True}")
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and not any("allow_root" in a for a in extra):
+        print("Running as root (as in most containers): passing --ServerApp.allow_root=True.", flush=True)
+        argv.append("--ServerApp.allow_root=True")
     argv += extra
     from jupyterlab.labapp import LabApp
 
@@ -138,7 +170,12 @@ def _cmd_doctor(args: argparse.Namespace, _extra: list[str]) -> int:
         except importlib.metadata.PackageNotFoundError:
             checks.append((False, f"{package} is not installed: pip install contextlab"))
     mcp_major = int(importlib.metadata.version("mcp").split(".")[0]) if _installed("mcp") else 0
-    checks.append((mcp_major >= 2, "mcp SDK is 2.x" if mcp_major >= 2 else "mcp SDK must be 2.x: pip install 'mcp>=2.3'"))
+    checks.append(
+        (
+            mcp_major >= 2,
+            "mcp SDK is 2.x" if mcp_major >= 2 else "mcp SDK must be 2.x: pip install 'mcp>=2.3'",
+        )
+    )
     checks.append(_extension_enabled())
     try:
         url, token = _find_server(args.url, args.token)
@@ -169,8 +206,18 @@ def _extension_enabled() -> tuple[bool, str]:
     manager = ExtensionConfigManager(read_config_path=jupyter_config_path())
     if manager.enabled("contextlab.extension"):
         return True, "server extension contextlab.extension is enabled"
-    return False, ("server extension contextlab.extension is not enabled: run "
-                   "`jupyter server extension enable contextlab.extension`")
+    return False, "server extension contextlab.extension is not enabled: run `contextlab enable`"
+
+
+def _cmd_enable(args: argparse.Namespace, _extra: list[str]) -> int:
+    from jupyter_core.paths import ENV_CONFIG_PATH, jupyter_config_dir
+
+    config_dir = Path(jupyter_config_dir() if args.user else ENV_CONFIG_PATH[0]) / "jupyter_server_config.d"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    path = config_dir / "contextlab.json"
+    path.write_text(json.dumps({"ServerApp": {"jpserver_extensions": {"contextlab.extension": True}}}, indent=2) + "\n")
+    print(f"Enabled contextlab.extension in {path}")
+    return 0
 
 
 async def _probe_endpoint(endpoint: str, token: str) -> tuple[bool, str]:
@@ -183,8 +230,7 @@ async def _probe_endpoint(endpoint: str, token: str) -> tuple[bool, str]:
         async with httpx2.AsyncClient(headers=headers, timeout=10) as http:
             async with Client(streamable_http_client(endpoint, http_client=http)) as client:
                 tools = await client.list_tools()
-                return True, (f"MCP endpoint {endpoint} answers ({client.protocol_version}, "
-                              f"{len(tools.tools)} tools)")
+                return True, (f"MCP endpoint {endpoint} answers ({client.protocol_version}, {len(tools.tools)} tools)")
     except Exception as exc:  # the report names the failure; doctor must not crash
         return False, f"MCP endpoint {endpoint} does not answer: {_root_cause(exc)}"
 
@@ -201,7 +247,3 @@ def _cmd_demo(args: argparse.Namespace, _extra: list[str]) -> int:
     path = create_demo_workspace(Path(args.path).expanduser().resolve())
     print(f"Demo workspace ready in {path}")
     return 0
-
-
-
-

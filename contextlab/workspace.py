@@ -12,15 +12,60 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 DEMO_DATABASE = "data/shop.duckdb"
 
-_FIRST = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Margaret", "Linus",
-          "Radia", "Tim", "Hedy", "John", "Katherine", "Guido", "Sophie", "Dennis", "Anita", "Bjarne"]
-_LAST = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson", "Hamilton",
-         "Torvalds", "Perlman", "Berners-Lee", "Lamarr", "McCarthy", "Johnson", "van Rossum", "Wilson",
-         "Ritchie", "Borg", "Stroustrup"]
+_FIRST = [
+    "Ada",
+    "Grace",
+    "Alan",
+    "Edsger",
+    "Barbara",
+    "Donald",
+    "Frances",
+    "Ken",
+    "Margaret",
+    "Linus",
+    "Radia",
+    "Tim",
+    "Hedy",
+    "John",
+    "Katherine",
+    "Guido",
+    "Sophie",
+    "Dennis",
+    "Anita",
+    "Bjarne",
+]
+_LAST = [
+    "Lovelace",
+    "Hopper",
+    "Turing",
+    "Dijkstra",
+    "Liskov",
+    "Knuth",
+    "Allen",
+    "Thompson",
+    "Hamilton",
+    "Torvalds",
+    "Perlman",
+    "Berners-Lee",
+    "Lamarr",
+    "McCarthy",
+    "Johnson",
+    "van Rossum",
+    "Wilson",
+    "Ritchie",
+    "Borg",
+    "Stroustrup",
+]
 _COUNTRIES = ["DE", "FR", "GB", "US", "NL", "SE", "ES", "IT", "PL", "JP"]
 _CATEGORIES = {
     "Books": ["Data Pipelines", "SQL Cookbook", "Statistics Primer", "Notebook Craft", "Query Tuning"],
-    "Hardware": ["USB-C Dock", "Mechanical Keyboard", "4K Monitor", "Laptop Stand", "Noise-cancelling Headset"],
+    "Hardware": [
+        "USB-C Dock",
+        "Mechanical Keyboard",
+        "4K Monitor",
+        "Laptop Stand",
+        "Noise-cancelling Headset",
+    ],
     "Software": ["Cloud Credits", "IDE Licence", "BI Seat", "Backup Plan", "VPN Subscription"],
     "Training": ["SQL Workshop", "Pandas Bootcamp", "MLOps Course", "Dashboard Design", "Data Governance"],
 }
@@ -49,8 +94,14 @@ def _create_database(path: Path, *, customers: int, orders: int, seed: int) -> N
     rng = random.Random(seed)
     start = date(2025, 1, 1)
     customer_rows = [
-        (i, f"{rng.choice(_FIRST)} {rng.choice(_LAST)}", f"customer{i}@example.com", rng.choice(_COUNTRIES),
-         start - timedelta(days=rng.randint(0, 700)), rng.choice(["free", "pro", "enterprise"]))
+        (
+            i,
+            f"{rng.choice(_FIRST)} {rng.choice(_LAST)}",
+            f"customer{i}@example.com",
+            rng.choice(_COUNTRIES),
+            start - timedelta(days=rng.randint(0, 700)),
+            rng.choice(["free", "pro", "enterprise"]),
+        )
         for i in range(1, customers + 1)
     ]
     product_rows = []
@@ -94,33 +145,39 @@ def _create_database(path: Path, *, customers: int, orders: int, seed: int) -> N
 def _notebooks() -> dict[str, nbformat.NotebookNode]:
     kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
     metadata = {"kernelspec": kernelspec, "language_info": {"name": "python"}}
-    sales = new_notebook(metadata=metadata, cells=[
-        new_markdown_cell("# Sales overview\nRevenue by month and the top customers, from `data/shop.duckdb`."),
-        new_code_cell("import duckdb\ncon = duckdb.connect('data/shop.duckdb', read_only=True)"),
-        new_code_cell("revenue = con.sql('SELECT * FROM revenue_by_month').df()\nrevenue.tail()"),
-        new_code_cell(
-            "top_customers = con.sql('''\n"
-            "    SELECT c.name, c.country, sum(i.quantity * i.unit_price) AS revenue, count(DISTINCT o.order_id) AS orders\n"
-            "    FROM customers c JOIN orders o USING (customer_id) JOIN order_items i USING (order_id)\n"
-            "    WHERE o.status = 'delivered'\n"
-            "    GROUP BY ALL ORDER BY revenue DESC LIMIT 10\n"
-            "''').df()\ntop_customers"
-        ),
-        new_markdown_cell("## Notes\nCancelled and returned orders are excluded from revenue."),
-    ])
-    quality = new_notebook(metadata=metadata, cells=[
-        new_markdown_cell("# Data quality checks\nRow counts, nulls and orphaned rows."),
-        new_code_cell("import duckdb\ncon = duckdb.connect('data/shop.duckdb', read_only=True)"),
-        new_code_cell(
-            "checks = con.sql('''\n"
-            "    SELECT 'orders without items' AS check_name, count(*) AS failures FROM orders o\n"
-            "    WHERE NOT EXISTS (SELECT 1 FROM order_items i WHERE i.order_id = o.order_id)\n"
-            "    UNION ALL\n"
-            "    SELECT 'customers without email', count(*) FROM customers WHERE email IS NULL\n"
-            "''').df()\nchecks"
-        ),
-        new_code_cell("assert (checks.failures == 0).all(), checks"),
-    ])
+    sales = new_notebook(
+        metadata=metadata,
+        cells=[
+            new_markdown_cell("# Sales overview\nRevenue by month and the top customers, from `data/shop.duckdb`."),
+            new_code_cell("import duckdb\ncon = duckdb.connect('data/shop.duckdb', read_only=True)"),
+            new_code_cell("revenue = con.sql('SELECT * FROM revenue_by_month').df()\nrevenue.tail()"),
+            new_code_cell(
+                "top_customers = con.sql('''\n"
+                "    SELECT c.name, c.country, sum(i.quantity * i.unit_price) AS revenue, count(DISTINCT o.order_id) AS orders\n"
+                "    FROM customers c JOIN orders o USING (customer_id) JOIN order_items i USING (order_id)\n"
+                "    WHERE o.status = 'delivered'\n"
+                "    GROUP BY ALL ORDER BY revenue DESC LIMIT 10\n"
+                "''').df()\ntop_customers"
+            ),
+            new_markdown_cell("## Notes\nCancelled and returned orders are excluded from revenue."),
+        ],
+    )
+    quality = new_notebook(
+        metadata=metadata,
+        cells=[
+            new_markdown_cell("# Data quality checks\nRow counts, nulls and orphaned rows."),
+            new_code_cell("import duckdb\ncon = duckdb.connect('data/shop.duckdb', read_only=True)"),
+            new_code_cell(
+                "checks = con.sql('''\n"
+                "    SELECT 'orders without items' AS check_name, count(*) AS failures FROM orders o\n"
+                "    WHERE NOT EXISTS (SELECT 1 FROM order_items i WHERE i.order_id = o.order_id)\n"
+                "    UNION ALL\n"
+                "    SELECT 'customers without email', count(*) FROM customers WHERE email IS NULL\n"
+                "''').df()\nchecks"
+            ),
+            new_code_cell("assert (checks.failures == 0).all(), checks"),
+        ],
+    )
     return {"sales_overview.ipynb": sales, "data_quality.ipynb": quality}
 
 

@@ -58,18 +58,14 @@ class ContextLab(ExtensionApp):
     sql_row_limit = Int(500, help="Default row limit of sql__query results.").tag(config=True)
     sql_max_row_limit = Int(10_000, help="Highest row limit a caller may ask sql__query for.").tag(config=True)
     sql_timeout_seconds = Float(10.0, help="sql__query is interrupted after this many seconds.").tag(config=True)
-    notebook_output_max_chars = Int(2000, help="Each notebook cell output is truncated to this size.").tag(
-        config=True
-    )
+    notebook_output_max_chars = Int(2000, help="Each notebook cell output is truncated to this size.").tag(config=True)
     kernel_timeout_seconds = Float(10.0, help="How long to wait for a kernel to answer a variables probe.").tag(
         config=True
     )
     max_request_bytes = Int(4 * 1024 * 1024, help="Largest MCP request body accepted (HTTP 413 above it).").tag(
         config=True
     )
-    session_idle_timeout = Float(1800.0, help="Idle MCP sessions are closed after this many seconds.").tag(
-        config=True
-    )
+    session_idle_timeout = Float(1800.0, help="Idle MCP sessions are closed after this many seconds.").tag(config=True)
     log_buffer_size = Int(2000, help="How many recent log records the logs provider keeps.").tag(config=True)
     mcp_log_level = Unicode("WARNING", help="Log level of the MCP SDK's loggers.").tag(config=True)
     state_url = Unicode(
@@ -117,15 +113,24 @@ class ContextLab(ExtensionApp):
             session_idle_timeout=self.session_idle_timeout,
         )
         self.settings["contextlab"] = self
-        self.log.info("ContextLab %s: MCP endpoint at %s with providers %s",
-                      contextlab.__version__, self.mcp_url_path, ", ".join(self.providers))
+        self.log.info(
+            "ContextLab %s: MCP endpoint at %s with providers %s",
+            contextlab.__version__,
+            self.mcp_url_path,
+            ", ".join(self.providers),
+        )
 
     def initialize_handlers(self) -> None:
-        self.handlers.extend([
-            (r"/contextlab/mcp/?", MCPHandler, {"service": self.service}),
-            (r"/contextlab/api/status", StatusHandler,
-             {"service": self.service, "mcp_url_path": self.mcp_url_path}),
-        ])
+        self.handlers.extend(
+            [
+                (r"/contextlab/mcp/?", MCPHandler, {"service": self.service}),
+                (
+                    r"/contextlab/api/status",
+                    StatusHandler,
+                    {"service": self.service, "mcp_url_path": self.mcp_url_path},
+                ),
+            ]
+        )
 
     def builtin_provider(self, name: str) -> Provider:
         if name == "notebooks":
@@ -133,8 +138,11 @@ class ContextLab(ExtensionApp):
         if name == "kernels":
             return KernelsProvider(self.kernel_source, timeout_seconds=self.kernel_timeout_seconds)
         if name == "sql":
-            options = {"row_limit": self.sql_row_limit, "max_row_limit": self.sql_max_row_limit,
-                       "timeout_seconds": self.sql_timeout_seconds}
+            options = {
+                "row_limit": self.sql_row_limit,
+                "max_row_limit": self.sql_max_row_limit,
+                "timeout_seconds": self.sql_timeout_seconds,
+            }
             if self.sql_databases:
                 paths = {n: self.root_dir / p for n, p in self.sql_databases.items()}
                 return SQLProvider(paths, **options)

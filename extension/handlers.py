@@ -58,11 +58,13 @@ class MCPHandler(APIHandler):
         body = self.request.body or b""
         if len(body) > self.service.max_request_bytes:
             self.set_status(413)
-            self.finish(_jsonrpc_error(
-                -32600,
-                f"Request body is {len(body)} bytes; the limit is {self.service.max_request_bytes} "
-                "(ContextLab.max_request_bytes). Send smaller arguments.",
-            ))
+            self.finish(
+                _jsonrpc_error(
+                    -32600,
+                    f"Request body is {len(body)} bytes; the limit is {self.service.max_request_bytes} "
+                    "(ContextLab.max_request_bytes). Send smaller arguments.",
+                )
+            )
             return
         if self.request.method == "POST":
             problem = jsonrpc_body_error(body)
@@ -157,12 +159,20 @@ class StatusHandler(APIHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.finish(json.dumps({
-            "version": contextlab.__version__,
-            "mcp_path": self.mcp_url_path,
-            "providers": [
-                {"name": p.name, "version": p.version, "tools": sorted(t.name for t in p.build_tools())}
-                for p in self.service.providers
-            ],
-            "tool_count": len(self.service.tool_names),
-        }))
+        self.finish(
+            json.dumps(
+                {
+                    "version": contextlab.__version__,
+                    "mcp_path": self.mcp_url_path,
+                    "providers": [
+                        {
+                            "name": p.name,
+                            "version": p.version,
+                            "tools": sorted(t.name for t in p.build_tools()),
+                        }
+                        for p in self.service.providers
+                    ],
+                    "tool_count": len(self.service.tool_names),
+                }
+            )
+        )

@@ -52,7 +52,10 @@ def jsonrpc_body_error(body: bytes) -> tuple[int, str] | None:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return PARSE_ERROR, f"Parse error: the body is not valid JSON ({exc})."
     if isinstance(message, list):
-        return INVALID_REQUEST, "Invalid Request: JSON-RPC batches are not supported; send one message per POST."
+        return (
+            INVALID_REQUEST,
+            "Invalid Request: JSON-RPC batches are not supported; send one message per POST.",
+        )
     if not isinstance(message, dict):
         return INVALID_REQUEST, "Invalid Request: the body must be a JSON-RPC 2.0 object."
     if message.get("jsonrpc") != "2.0":
@@ -65,8 +68,10 @@ def jsonrpc_body_error(body: bytes) -> tuple[int, str] | None:
         return None
     if "id" in message and ("result" in message or "error" in message):
         return None
-    return INVALID_REQUEST, 'Invalid Request: a message needs "method" (request or notification) or ' \
-        '"id" with "result"/"error" (response).'
+    return (
+        INVALID_REQUEST,
+        'Invalid Request: a message needs "method" (request or notification) or "id" with "result"/"error" (response).',
+    )
 
 
 class ContextLabMCPServer(MCPServer):

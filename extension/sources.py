@@ -30,7 +30,10 @@ class JupyterKernelSource:
         ]
 
     def manager(self, kernel_id: str) -> Any:
-        return self.serverapp.kernel_manager.get_kernel(kernel_id)
+        kernel_manager = self.serverapp.kernel_manager
+        if kernel_id not in kernel_manager:  # get_kernel would raise a tornado 404 instead
+            raise KeyError(kernel_id)
+        return kernel_manager.get_kernel(kernel_id)
 
     async def session_count(self) -> int:
         return len(await self.serverapp.session_manager.list_sessions())

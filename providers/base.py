@@ -140,9 +140,9 @@ class Provider:
                 )
             )
         for spec in self.resource_templates():
-            server.resource(
-                spec.uri_template, name=spec.name, description=spec.description, mime_type=spec.mime_type
-            )(spec.fn)
+            server.resource(spec.uri_template, name=spec.name, description=spec.description, mime_type=spec.mime_type)(
+                spec.fn
+            )
 
     def manifest(self) -> ProviderManifest:
         tools = []

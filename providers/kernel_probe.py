@@ -5,7 +5,7 @@ the user's namespace, history or execution counter. It must run on any Python 3.
 with no ContextLab installed, so it uses only the standard library and duck-typing.
 """
 
-PROBE_SOURCE = r'''
+PROBE_SOURCE = r"""
 def _probe(ns, hidden, only, sample_rows, max_vars, max_chars):
     import json, types
     skip_types = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.MethodType, type)
@@ -64,7 +64,7 @@ def _probe(ns, hidden, only, sample_rows, max_vars, max_chars):
                    if not k.startswith("_") and k not in hidden and not isinstance(v, skip_types))
     out = [describe(k, ns[k]) for k in names[:max_vars]]
     return json.dumps({"variables": out, "total": len(names)}, default=str)
-'''
+"""
 
 
 def probe_expression(only: str | None, sample_rows: int, max_vars: int, max_chars: int) -> str:

@@ -89,8 +89,12 @@ class KernelsProvider(Provider):
 
     def tool_specs(self) -> list[ToolSpec]:
         return [
-            ToolSpec(self.list_kernels, "list", "List the running kernels and the notebooks attached to them.",
-                     "List kernels"),
+            ToolSpec(
+                self.list_kernels,
+                "list",
+                "List the running kernels and the notebooks attached to them.",
+                "List kernels",
+            ),
             ToolSpec(
                 self.variables,
                 "variables",
@@ -98,15 +102,17 @@ class KernelsProvider(Provider):
                 "columns, dtypes and sample rows. Runs silently; the user's notebook is not touched.",
                 "Kernel variables",
             ),
-            ToolSpec(self.describe, "describe", "Describe one variable of a kernel in detail.",
-                     "Describe variable"),
+            ToolSpec(self.describe, "describe", "Describe one variable of a kernel in detail.", "Describe variable"),
         ]
 
     def prompt_specs(self) -> list[PromptSpec]:
         return [
-            PromptSpec(self.analyze_prompt, "analyze_dataframe",
-                       "Suggest an analysis of a live DataFrame, given its columns and sample rows.",
-                       "Analyze this DataFrame")
+            PromptSpec(
+                self.analyze_prompt,
+                "analyze_dataframe",
+                "Suggest an analysis of a live DataFrame, given its columns and sample rows.",
+                "Analyze this DataFrame",
+            )
         ]
 
     async def list_kernels(self) -> KernelList:
@@ -120,8 +126,12 @@ class KernelsProvider(Provider):
     ) -> VariableList:
         data = await self._probe(kernel_id, None, sample_rows, limit)
         variables = [Variable(**v) for v in data["variables"]]
-        return VariableList(kernel_id=kernel_id, variables=variables, total=data["total"],
-                            truncated=data["total"] > len(variables))
+        return VariableList(
+            kernel_id=kernel_id,
+            variables=variables,
+            total=data["total"],
+            truncated=data["total"] > len(variables),
+        )
 
     async def describe(
         self,
@@ -178,8 +188,13 @@ class KernelsProvider(Provider):
                 client.start_channels(shell=True, iopub=False, stdin=False, hb=False, control=False)
                 self._clients[kernel_id] = client
             expression = probe_expression(only, sample_rows, limit, self.max_repr_chars)
-            msg_id = client.execute("", silent=True, store_history=False,
-                                    user_expressions={"probe": expression}, allow_stdin=False)
+            msg_id = client.execute(
+                "",
+                silent=True,
+                store_history=False,
+                user_expressions={"probe": expression},
+                allow_stdin=False,
+            )
             reply = await self._await_reply(kernel_id, manager, client, msg_id)
         result = reply["content"].get("user_expressions", {}).get("probe", {})
         if result.get("status") != "ok":

@@ -60,8 +60,14 @@ class LogBuffer(logging.Handler):
         else:
             source = "server"
         level = record.levelname if record.levelname in Level.__args__ else "INFO"
-        entry = LogEntry(time=datetime.fromtimestamp(record.created, UTC), level=level, source=source,
-                         logger=record.name, message=message[:4000], kernel_id=kernel_id)
+        entry = LogEntry(
+            time=datetime.fromtimestamp(record.created, UTC),
+            level=level,
+            source=source,
+            logger=record.name,
+            message=message[:4000],
+            kernel_id=kernel_id,
+        )
         with self._guard:
             self._entries.append(entry)
 
@@ -98,8 +104,12 @@ class LogsProvider(Provider):
 
     def prompt_specs(self) -> list[PromptSpec]:
         return [
-            PromptSpec(self.diagnose_prompt, "diagnose", "Diagnose recent warnings and errors from the logs.",
-                       "Diagnose recent errors")
+            PromptSpec(
+                self.diagnose_prompt,
+                "diagnose",
+                "Diagnose recent warnings and errors from the logs.",
+                "Diagnose recent errors",
+            )
         ]
 
     def recent(
@@ -121,7 +131,8 @@ class LogsProvider(Provider):
             start = max(start, window) if start else window
         needle = contains.lower() if contains else None
         matched = [
-            e for e in self.buffer.snapshot()
+            e
+            for e in self.buffer.snapshot()
             if _LEVEL_ORDER[e.level] >= floor
             and (source is None or e.source == source)
             and (kernel_id is None or e.kernel_id == kernel_id)

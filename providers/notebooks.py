@@ -204,7 +204,9 @@ class NotebooksProvider(Provider):
         try:
             pattern = re.compile(query if regex else re.escape(query), re.IGNORECASE)
         except re.error as exc:
-            raise ProviderError(f"Invalid regular expression {query!r}: {exc}. Pass regex=false for plain text.")
+            raise ProviderError(
+                f"Invalid regular expression {query!r}: {exc}. Pass regex=false for plain text."
+            ) from exc
         hits: list[SearchHit] = []
         paths = self._notebook_paths(prefix)
         truncated = False
@@ -217,8 +219,15 @@ class NotebooksProvider(Provider):
             for index, cell in enumerate(nb.cells):
                 for line_no, line in enumerate(cell.source.splitlines(), start=1):
                     if pattern.search(line):
-                        hits.append(SearchHit(path=rel, cell_index=index, cell_type=cell.cell_type,
-                                              line=line_no, snippet=line.strip()[:300]))
+                        hits.append(
+                            SearchHit(
+                                path=rel,
+                                cell_index=index,
+                                cell_type=cell.cell_type,
+                                line=line_no,
+                                snippet=line.strip()[:300],
+                            )
+                        )
                         if len(hits) >= limit:
                             truncated = True
                             break
@@ -245,8 +254,12 @@ class NotebooksProvider(Provider):
     async def dynamic_resources(self) -> list[MCPResource]:
         listing = await asyncio.to_thread(self.list_notebooks, "", self.max_notebooks)
         return [
-            MCPResource(uri=info.uri, name=info.path, mime_type="application/json",
-                        description=f"Notebook with {info.cell_count} cells ({info.kernel or 'no kernel'})")
+            MCPResource(
+                uri=info.uri,
+                name=info.path,
+                mime_type="application/json",
+                description=f"Notebook with {info.cell_count} cells ({info.kernel or 'no kernel'})",
+            )
             for info in listing.notebooks
         ]
 
@@ -274,7 +287,7 @@ class NotebooksProvider(Provider):
                         found.append(path)
             if len(found) >= self.max_notebooks:
                 break
-        return found
+        return sorted(found)
 
     def _load(self, path: Path) -> Any:
         stat = path.stat()

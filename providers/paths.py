@@ -19,9 +19,7 @@ def resolve_in_root(root: Path, relative: str, *, allow_hidden: bool = False) ->
         raise ProviderError("Invalid path: it contains a NUL byte.")
     posix = PurePosixPath(relative.replace("\\", "/"))
     if posix.is_absolute() or Path(relative).is_absolute():
-        raise ProviderError(
-            f"Absolute paths are not allowed ({relative!r}): give a path relative to the server root."
-        )
+        raise ProviderError(f"Absolute paths are not allowed ({relative!r}): give a path relative to the server root.")
     if not allow_hidden and any(part.startswith(".") and part not in (".", "..") for part in posix.parts):
         raise ProviderError(f"Hidden files and folders are not served ({relative!r}).")
     root_resolved = root.resolve()

@@ -28,12 +28,40 @@ logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 _READ_ONLY_ROOTS: tuple[type[exp.Expression], ...] = (exp.Select, exp.SetOperation, exp.Describe, exp.Show)
 _WRITE_NODES: tuple[type[exp.Expression], ...] = (
-    exp.Insert, exp.Update, exp.Delete, exp.Create, exp.Drop, exp.Alter, exp.Merge, exp.Copy,
-    exp.Command, exp.Into, exp.Attach, exp.Detach, exp.Install, exp.Pragma, exp.Set, exp.Use,
+    exp.Insert,
+    exp.Update,
+    exp.Delete,
+    exp.Create,
+    exp.Drop,
+    exp.Alter,
+    exp.Merge,
+    exp.Copy,
+    exp.Command,
+    exp.Into,
+    exp.Attach,
+    exp.Detach,
+    exp.Install,
+    exp.Pragma,
+    exp.Set,
+    exp.Use,
 )
 _FILE_FUNCTION_PREFIXES = (
-    "read_", "parquet_", "csv_", "json_", "glob", "sniff_csv", "iceberg_", "delta_", "sqlite_",
-    "postgres_", "mysql_", "st_read", "httpfs", "load_", "duckdb_secrets", "which_secret",
+    "read_",
+    "parquet_",
+    "csv_",
+    "json_",
+    "glob",
+    "sniff_csv",
+    "iceberg_",
+    "delta_",
+    "sqlite_",
+    "postgres_",
+    "mysql_",
+    "st_read",
+    "httpfs",
+    "load_",
+    "duckdb_secrets",
+    "which_secret",
 )
 
 
@@ -146,7 +174,9 @@ class QueryResult(BaseModel):
 
 class SQLProvider(Provider):
     name = "sql"
-    description = "DuckDB databases in the workspace: schemas (tables, columns, keys, row counts) and read-only queries."
+    description = (
+        "DuckDB databases in the workspace: schemas (tables, columns, keys, row counts) and read-only queries."
+    )
     context_types = ["SQLSchema", "QueryResult"]
 
     def __init__(
@@ -260,8 +290,10 @@ class SQLProvider(Provider):
 
     def _require(self, name: str | None) -> str:
         if name is None:
-            raise ProviderError("No DuckDB database is configured. Set ContextLab.sql_databases or add a "
-                                "*.duckdb file to the workspace.")
+            raise ProviderError(
+                "No DuckDB database is configured. Set ContextLab.sql_databases or add a "
+                "*.duckdb file to the workspace."
+            )
         if name not in self.databases:
             known = ", ".join(sorted(self.databases)) or "none"
             raise ProviderError(f"Unknown database {name!r}. Configured databases: {known}.")
@@ -358,9 +390,7 @@ def _read_tables(con: duckdb.DuckDBPyConnection) -> list[TableInfo]:
         "SELECT schema_name, table_name, estimated_size FROM duckdb_tables() WHERE NOT internal"
     ).fetchall():
         kinds[(schema, table)] = ("table", size)
-    for schema, view in con.execute(
-        "SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal"
-    ).fetchall():
+    for schema, view in con.execute("SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal").fetchall():
         kinds[(schema, view)] = ("view", None)
     tables = []
     for key, cols in columns.items():
@@ -369,8 +399,15 @@ def _read_tables(con: duckdb.DuckDBPyConnection) -> list[TableInfo]:
         for col in cols:
             col.primary_key = col.name in pk
         tables.append(
-            TableInfo(schema=key[0], name=key[1], kind=kind, columns=cols, primary_key=pk,
-                      foreign_keys=foreign.get(key, []), row_count=size)
+            TableInfo(
+                schema=key[0],
+                name=key[1],
+                kind=kind,
+                columns=cols,
+                primary_key=pk,
+                foreign_keys=foreign.get(key, []),
+                row_count=size,
+            )
         )
     return tables
 

@@ -88,16 +88,16 @@ def isolated_env(home: Path) -> dict[str, str]:
     return env
 
 
-def start_server(
-    root: Path, home: Path, *, base_url: str = "/", extra_args: list[str] | None = None
-) -> JupyterServer:
+def start_server(root: Path, home: Path, *, base_url: str = "/", extra_args: list[str] | None = None) -> JupyterServer:
     token = uuid.uuid4().hex
     server = JupyterServer(root=root, port=free_port(), token=token, base_url=base_url)
     server.env = isolated_env(home)
     server.env["JUPYTER_TOKEN"] = token
     server.log_path = home / f"server-{server.port}.log"
     args = [
-        sys.executable, "-m", "jupyter_server",
+        sys.executable,
+        "-m",
+        "jupyter_server",
         f"--ServerApp.root_dir={root}",
         f"--ServerApp.port={server.port}",
         "--ServerApp.ip=127.0.0.1",
@@ -130,9 +130,7 @@ def wait_until_ready(server: JupyterServer, timeout: float = 60) -> None:
 
 
 @contextlib.asynccontextmanager
-async def mcp_session(
-    url: str, token: str | None, mode: str = "auto", **client_kwargs: Any
-) -> AsyncIterator[Client]:
+async def mcp_session(url: str, token: str | None, mode: str = "auto", **client_kwargs: Any) -> AsyncIterator[Client]:
     """The official MCP client over streamable HTTP, authenticated with a Jupyter token."""
     headers = {"Authorization": f"token {token}"} if token else {}
     async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(60)) as http:
