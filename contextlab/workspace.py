@@ -153,7 +153,8 @@ def _notebooks() -> dict[str, nbformat.NotebookNode]:
             new_code_cell("revenue = con.sql('SELECT * FROM revenue_by_month').df()\nrevenue.tail()"),
             new_code_cell(
                 "top_customers = con.sql('''\n"
-                "    SELECT c.name, c.country, sum(i.quantity * i.unit_price) AS revenue, count(DISTINCT o.order_id) AS orders\n"
+                "    SELECT c.name, c.country, sum(i.quantity * i.unit_price) AS revenue,\n"
+                "           count(DISTINCT o.order_id) AS orders\n"
                 "    FROM customers c JOIN orders o USING (customer_id) JOIN order_items i USING (order_id)\n"
                 "    WHERE o.status = 'delivered'\n"
                 "    GROUP BY ALL ORDER BY revenue DESC LIMIT 10\n"
