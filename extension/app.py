@@ -9,7 +9,7 @@ from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import url_path_join
-from traitlets import Bool, Dict, Float, Instance, Int, List, Unicode, default
+from traitlets import Bool, Dict, Enum, Float, Instance, Int, List, Unicode, default
 from traitlets.utils.importstring import import_item
 
 import contextlab
@@ -66,7 +66,13 @@ class ContextLab(ExtensionApp):
         config=True
     )
     session_idle_timeout = Float(1800.0, help="Idle MCP sessions are closed after this many seconds.").tag(config=True)
+    resource_poll_seconds = Float(
+        2.0, help="While a client is subscribed to resources, how often notebooks are checked for changes."
+    ).tag(config=True)
     log_buffer_size = Int(2000, help="How many recent log records the logs provider keeps.").tag(config=True)
+    log_capture_level = Enum(
+        ["DEBUG", "INFO", "WARNING", "ERROR"], "INFO", help="Lowest level the logs provider keeps (Jupyter logs every request at DEBUG)."
+    ).tag(config=True)
     mcp_log_level = Unicode("WARNING", help="Log level of the MCP SDK's loggers.").tag(config=True)
     state_url = Unicode(
         "", help="SQLAlchemy URL of the control-plane store; default sqlite:///<state_dir>/state.db."
@@ -95,7 +101,7 @@ class ContextLab(ExtensionApp):
     # -- wiring --------------------------------------------------------------------------------
     def initialize_settings(self) -> None:
         logging.getLogger("mcp").setLevel(self.mcp_log_level)
-        self.log_buffer = LogBuffer(self.log_buffer_size)
+        self.log_buffer = LogBuffer(self.log_buffer_size, level=logging.getLevelName(self.log_capture_level))
         self._attach_log_buffer()
 
         self.store = StateStore(self.state_url or sqlite_url_for_workspace(self.state_dir))
@@ -111,6 +117,7 @@ class ContextLab(ExtensionApp):
             stats=self.request_stats,
             max_request_bytes=self.max_request_bytes,
             session_idle_timeout=self.session_idle_timeout,
+            resource_poll_seconds=self.resource_poll_seconds,
         )
         self.settings["contextlab"] = self
         self.log.info(

@@ -26,6 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 import contextlab
 from contextlab.providers.base import Provider
+from contextlab.extension.subscriptions import CountingBus, ResourceWatcher
 from contextlab.providers.metrics import RequestStats
 from contextlab.state import AuditEntry, AuditWriter
 
@@ -99,11 +100,13 @@ class ContextService:
         stats: RequestStats,
         max_request_bytes: int = 4 * 1024 * 1024,
         session_idle_timeout: float = 1800,
+        resource_poll_seconds: float = 2.0,
     ) -> None:
         self.providers = providers
         self.audit = audit
         self.stats = stats
         self.max_request_bytes = max_request_bytes
+        self.bus = CountingBus()
         self.server = ContextLabMCPServer(
             providers,
             name="contextlab",
@@ -111,12 +114,15 @@ class ContextService:
             version=contextlab.__version__,
             instructions=INSTRUCTIONS,
             log_level="WARNING",
+            subscriptions=self.bus,
         )
         for provider in providers:
             provider.register(self.server)
+        self.watcher = ResourceWatcher(self.server, providers, self.bus, resource_poll_seconds)
         self.tool_names = {tool.name for provider in providers for tool in provider.build_tools()}
         self.server.middleware.append(self._observe)
         self.server.middleware.append(self._reject_unknown_tool)
+        self.server.middleware.append(self._baseline_on_listen)
         # Jupyter has already checked the Host, the Origin and the credentials by the time a request
         # reaches the SDK, so its own DNS-rebinding allow-list (which only knows localhost) stays off.
         self.server.streamable_http_app(
@@ -128,6 +134,7 @@ class ContextService:
         self._session_owners: OrderedDict[str, str] = OrderedDict()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._watcher_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -140,12 +147,15 @@ class ContextService:
                 await self._stop.wait()
 
         self._task = asyncio.create_task(run(), name="contextlab-mcp-session-manager")
+        self._watcher_task = asyncio.create_task(self.watcher.run(), name="contextlab-resource-watcher")
         await asyncio.wait([self._task, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
         if self._task.done():
             self._task.result()
 
     async def stop(self) -> None:
         self._stop.set()
+        if self._watcher_task is not None:
+            self._watcher_task.cancel()
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._task, timeout=10)
@@ -180,6 +190,12 @@ class ContextService:
                     INVALID_PARAMS,
                     f"Unknown tool {name!r}. Call tools/list to see the tools this server offers.",
                 )
+        return await call_next(ctx)
+
+    async def _baseline_on_listen(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        # A change right after a client starts listening must be compared with the state it saw.
+        if ctx.method == "subscriptions/listen":
+            await self.watcher.ensure_baseline()
         return await call_next(ctx)
 
     async def _observe(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:

@@ -7,7 +7,7 @@ A provider knows nothing of Jupyter. It can be mounted behind the extension's en
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -31,7 +31,11 @@ class ProviderError(ToolError):
 
 @dataclass(frozen=True)
 class ToolSpec:
-    """A tool a provider offers, before it is namespaced."""
+    """A tool a provider offers, before it is namespaced.
+
+    The SDK runs a sync `fn` in a worker thread: write blocking I/O as sync functions and cheap
+    in-memory work as `async def`, which skips the thread hop.
+    """
 
     fn: Callable[..., Any]
     name: str
@@ -102,6 +106,10 @@ class Provider:
     async def dynamic_resources(self) -> list[MCPResource]:
         """Concrete resources that exist right now (listed by resources/list next to the templates)."""
         return []
+
+    def resource_versions(self) -> dict[str, Hashable]:
+        """A version marker per resource URI that can change (e.g. mtime and size); polled for subscriptions."""
+        return {}
 
     async def close(self) -> None:
         """Release what the provider holds (connections, clients) when the server stops."""

@@ -112,7 +112,7 @@ class LogsProvider(Provider):
             )
         ]
 
-    def recent(
+    async def recent(
         self,
         level: Level = "INFO",
         source: Literal["server", "kernel", "contextlab"] | None = None,
@@ -141,8 +141,8 @@ class LogsProvider(Provider):
         ]
         return LogPage(entries=matched[-limit:], matched=len(matched), buffer_size=self.buffer.capacity)
 
-    def diagnose_prompt(self, minutes: float = 60) -> list[Message]:
-        page = self.recent(level="WARNING", since_minutes=minutes, limit=200)
+    async def diagnose_prompt(self, minutes: float = 60) -> list[Message]:
+        page = await self.recent(level="WARNING", since_minutes=minutes, limit=200)
         lines = "\n".join(f"{e.time.isoformat()} {e.level} [{e.logger}] {e.message}" for e in page.entries)
         return [
             UserMessage(

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import threading
+from collections.abc import Hashable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -262,6 +263,16 @@ class NotebooksProvider(Provider):
             )
             for info in listing.notebooks
         ]
+
+    def resource_versions(self) -> dict[str, Hashable]:
+        versions: dict[str, Hashable] = {}
+        for path in self._notebook_paths(""):
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            versions[NOTEBOOK_URI_SCHEME + relative_posix(self.root, path)] = (stat.st_mtime_ns, stat.st_size)
+        return versions
 
     def read_resource(self, path: str) -> str:
         return self.read_notebook(path).model_dump_json()

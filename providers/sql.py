@@ -236,7 +236,7 @@ class SQLProvider(Provider):
         ]
 
     # -- tools --------------------------------------------------------------------------------
-    def list_databases(self) -> DatabaseList:
+    async def list_databases(self) -> DatabaseList:
         infos = [
             DatabaseInfo(name=n, path=str(p), size_bytes=p.stat().st_size if p.exists() else 0, exists=p.exists())
             for n, p in self.databases.items()
@@ -248,7 +248,7 @@ class SQLProvider(Provider):
         database: Annotated[str | None, Field(description="Database name; all databases when omitted.")] = None,
     ) -> SQLSchema:
         names = [self._require(database)] if database else list(self.databases)
-        schemas = [await asyncio.to_thread(self._schema_of, name) for name in names]
+        schemas = [self._cached_schema(name) or await asyncio.to_thread(self._schema_of, name) for name in names]
         return SQLSchema(databases=schemas)
 
     async def query(
@@ -317,16 +317,25 @@ class SQLProvider(Provider):
                 ) from exc
             raise ProviderError(f"Cannot open database {name!r}: {exc}") from exc
 
-    def _schema_of(self, name: str) -> DatabaseSchema:
-        path = self.databases[name]
-        stat = path.stat() if path.exists() else None
-        key = (stat.st_mtime_ns, stat.st_size) if stat else (0, 0)
+    def _cached_schema(self, name: str) -> DatabaseSchema | None:
+        """The cached schema while the file is unchanged (checked by mtime and size, no thread hop)."""
+        key = self._file_key(name)
         with self._cache_lock:
             cached = self._schema_cache.get(name)
-            if cached and cached[0] == key:
-                return cached[1]
+        return cached[1] if cached and cached[0] == key else None
+
+    def _file_key(self, name: str) -> tuple[int, int]:
+        path = self.databases[name]
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return (0, 0)
+        return (stat.st_mtime_ns, stat.st_size)
+
+    def _schema_of(self, name: str) -> DatabaseSchema:
+        key = self._file_key(name)
         with self._connect(name) as con:
-            schema = DatabaseSchema(name=name, path=str(path), tables=_read_tables(con))
+            schema = DatabaseSchema(name=name, path=str(self.databases[name]), tables=_read_tables(con))
         with self._cache_lock:
             self._schema_cache[name] = (key, schema)
         return schema

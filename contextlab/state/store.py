@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-import queue
 import threading
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
@@ -13,7 +13,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy import Engine, create_engine, event, func, insert, select
 from sqlalchemy.orm import Session
 
 from contextlab.state.models import AuditRecord, ProviderManifestRow
@@ -84,8 +84,9 @@ class StateStore:
             return [row.manifest for row in rows]
 
     def write_audit(self, entries: list[AuditEntry]) -> None:
-        with Session(self.engine) as session, session.begin():
-            session.add_all(AuditRecord(**asdict(entry)) for entry in entries)
+        # Core executemany: a batch costs one statement, not one ORM object per row.
+        with self.engine.begin() as connection:
+            connection.execute(insert(AuditRecord), [asdict(entry) for entry in entries])
 
     def audit(self, *, target: str | None = None, method: str | None = None, limit: int = 100) -> list[dict]:
         """The newest audit rows first, optionally for one tool (`target`) or one MCP method."""
@@ -121,54 +122,53 @@ def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
 class AuditWriter:
     """Writes audit entries from a background thread, in batches, so a call never waits on the disk.
 
-    `record` only enqueues. `flush` blocks until everything recorded so far is committed;
-    `close` flushes and stops the thread.
+    `record` appends to a deque (no lock, no thread wake-up on the request path); the writer thread
+    drains it every `interval` seconds. `flush` blocks until everything recorded so far is
+    committed; `close` flushes and stops the thread.
     """
 
-    def __init__(self, store: StateStore, *, batch_size: int = 200, interval: float = 0.05) -> None:
+    def __init__(self, store: StateStore, *, batch_size: int = 500, interval: float = 0.05) -> None:
         self._store = store
         self._batch_size = batch_size
         self._interval = interval
-        self._queue: queue.Queue[AuditEntry | threading.Event | None] = queue.Queue()
+        self._pending: deque[AuditEntry] = deque()
+        self._wake = threading.Event()
+        self._flushed = threading.Condition()
+        self._written = 0
+        self._recorded = 0
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="contextlab-audit", daemon=True)
         self._thread.start()
 
     def record(self, entry: AuditEntry) -> None:
-        self._queue.put(entry)
+        self._pending.append(entry)
+        self._recorded += 1
 
     def flush(self, timeout: float = 10.0) -> bool:
-        done = threading.Event()
-        self._queue.put(done)
-        return done.wait(timeout)
+        target = self._recorded
+        self._wake.set()
+        with self._flushed:
+            return self._flushed.wait_for(lambda: self._written >= target, timeout)
 
     def close(self) -> None:
         if self._thread.is_alive():
-            self._queue.put(None)
+            self._stopping = True
+            self._wake.set()
             self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        stop = False
-        while not stop:
-            item = self._queue.get()
-            batch: list[AuditEntry] = []
-            waiters: list[threading.Event] = []
-            while True:
-                if item is None:
-                    stop = True
-                elif isinstance(item, threading.Event):
-                    waiters.append(item)
-                else:
-                    batch.append(item)
-                if stop or len(batch) >= self._batch_size:
-                    break
-                try:
-                    item = self._queue.get(timeout=self._interval if not waiters else 0)
-                except queue.Empty:
-                    break
-            if batch:
+        while True:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            stopping = self._stopping
+            while self._pending:
+                batch = [self._pending.popleft() for _ in range(min(self._batch_size, len(self._pending)))]
                 try:
                     self._store.write_audit(batch)
                 except Exception:
                     log.exception("could not write %d audit rows", len(batch))
-            for waiter in waiters:
-                waiter.set()
+                with self._flushed:
+                    self._written += len(batch)
+                    self._flushed.notify_all()
+            if stopping:
+                return

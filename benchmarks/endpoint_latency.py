@@ -1,0 +1,190 @@
+"""Latency and throughput of the ContextLab MCP endpoint, side by side with a bare MCP SDK server.
+
+Starts a Jupyter server with ContextLab on a fresh demo workspace (plus a kernel holding a
+DataFrame) and, for comparison, a bare `MCPServer` served by uvicorn that answers the same
+sql schema tool with the same code. Each simulated client is the official `mcp` client with its
+own session; clients run in several processes so the client side is not one event loop.
+Prints one JSON document.
+
+    python benchmarks/endpoint_latency.py [--seconds 5] [--clients 1 8 32] [--mode legacy|auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.support.kernel import KernelSession  # noqa: E402
+from tests.support.server import free_port, mcp_session, start_server  # noqa: E402
+
+from contextlab.workspace import create_demo_workspace  # noqa: E402
+
+# The same providers and tool list as ContextLab mounts (kernels and metrics see no kernels here),
+# on a plain MCPServer served by uvicorn: the ceiling of the SDK on this machine.
+BARE_SERVER = """
+import sys, uvicorn
+from mcp.server.mcpserver import MCPServer
+from contextlab.providers.kernels import KernelsProvider
+from contextlab.providers.logs import LogBuffer, LogsProvider
+from contextlab.providers.metrics import MetricsProvider, RequestStats
+from contextlab.providers.notebooks import NotebooksProvider
+from contextlab.providers.sql import SQLProvider
+
+class NoKernels:
+    async def kernels(self):
+        return []
+    def manager(self, kernel_id):
+        raise KeyError(kernel_id)
+
+root = sys.argv[1]
+server = MCPServer("bare", log_level="WARNING")
+for provider in [NotebooksProvider(root), KernelsProvider(NoKernels()), SQLProvider.discover(root),
+                 LogsProvider(LogBuffer()), MetricsProvider(NoKernels(), RequestStats())]:
+    provider.register(server)
+app = server.streamable_http_app(host="127.0.0.1")
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+"""
+
+
+async def _client_loop(url: str, token: str | None, op: str, args: dict, mode: str, start: float, stop: float):
+    latencies: list[float] = []
+    async with mcp_session(url, token, mode) as client:
+        call = (lambda: client.list_tools()) if op == "tools/list" else (lambda: client.call_tool(op, args))
+        result = await call()  # warm up the session
+        if getattr(result, "is_error", False):
+            raise RuntimeError(f"{op} failed: {result.content}")
+        await asyncio.sleep(max(0.0, start - time.time()))
+        while time.time() < stop:
+            began = time.perf_counter()
+            await call()
+            latencies.append((time.perf_counter() - began) * 1000)
+    return latencies
+
+
+def _worker(url, token, op, args, mode, clients, start, stop, queue) -> None:
+    async def main():
+        results = await asyncio.gather(
+            *[_client_loop(url, token, op, args, mode, start, stop) for _ in range(clients)]
+        )
+        return [x for r in results for x in r]
+
+    queue.put(asyncio.run(main()))
+
+
+def measure(url: str, token: str | None, op: str, args: dict, clients: int, seconds: float, mode: str) -> dict:
+    processes = min(clients, 4)
+    shares = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    start = time.time() + 4.0 + 0.05 * clients  # time for every worker to import and open its sessions
+    stop = start + seconds
+    workers = [ctx.Process(target=_worker, args=(url, token, op, args, mode, n, start, stop, queue)) for n in shares]
+    for w in workers:
+        w.start()
+    latencies = [x for _ in workers for x in queue.get(timeout=120 + seconds)]
+    for w in workers:
+        w.join()
+    latencies.sort()
+    return {
+        "op": op,
+        "clients": clients,
+        "calls": len(latencies),
+        "throughput_rps": round(len(latencies) / seconds, 1),
+        "p50_ms": round(statistics.median(latencies), 2),
+        "p99_ms": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="Measured seconds per scenario.")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="Concurrent clients.")
+    parser.add_argument("--mode", default="legacy", choices=["legacy", "auto"],
+                        help="legacy = 2025-11-25 sessions; auto = stateless 2026-07-28.")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="contextlab-bench-"))
+    root = create_demo_workspace(tmp / "workspace")
+    server = start_server(root, tmp / "home")
+    bare_port = free_port()
+    bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(root), str(bare_port)],
+                            env=server.env)
+    kernel = KernelSession(server, "sales_overview.ipynb")
+    try:
+        kernel.execute("import pandas as pd\ndf = pd.DataFrame({'a': range(1000), 'b': ['x'] * 1000})")
+        bare_url = f"http://127.0.0.1:{bare_port}/mcp"
+        _wait_for_bare(bare_url)
+        scenarios = [
+            ("contextlab", server.mcp_url, server.token, "tools/list", {}),
+            ("bare_sdk", bare_url, None, "tools/list", {}),
+            ("contextlab", server.mcp_url, server.token, "sql__schema", {}),
+            ("bare_sdk", bare_url, None, "sql__schema", {}),
+            ("contextlab", server.mcp_url, server.token, "kernels__variables", {"kernel_id": kernel.kernel_id}),
+        ]
+        results = []
+        for clients in args.clients:
+            for target, url, token, op, op_args in scenarios:
+                row = measure(url, token, op, op_args, clients, args.seconds, args.mode)
+                row["server"] = target
+                results.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+    finally:
+        kernel.close()
+        server.stop()
+        bare.terminate()
+        bare.wait(10)
+
+    def find(target: str, op: str, clients: int) -> dict[str, Any] | None:
+        return next((r for r in results if r["server"] == target and r["op"] == op and r["clients"] == clients), None)
+
+    summary: dict[str, Any] = {
+        "benchmark": "endpoint_latency",
+        "mode": args.mode,
+        "seconds_per_scenario": args.seconds,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "results": results,
+    }
+    for clients in args.clients:
+        cheap = find("contextlab", "sql__schema", clients)
+        bare_cheap = find("bare_sdk", "sql__schema", clients)
+        listing, bare_listing = find("contextlab", "tools/list", clients), find("bare_sdk", "tools/list", clients)
+        summary[f"p99_ms_c{clients}"] = cheap["p99_ms"]
+        summary[f"throughput_ratio_c{clients}"] = round(cheap["throughput_rps"] / bare_cheap["throughput_rps"], 3)
+        summary[f"tools_list_throughput_ratio_c{clients}"] = round(
+            listing["throughput_rps"] / bare_listing["throughput_rps"], 3
+        )
+    print(json.dumps(summary, indent=2))
+
+
+def _wait_for_bare(url: str) -> None:
+    async def probe() -> None:
+        async with mcp_session(url, None, "legacy") as client:
+            await client.list_tools()
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            asyncio.run(probe())
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+if __name__ == "__main__":
+    main()
