@@ -7,6 +7,8 @@ own session; clients run in several processes so the client side is not one even
 Prints one JSON document.
 
     python benchmarks/endpoint_latency.py [--seconds 5] [--clients 1 8 32] [--mode legacy|auto]
+
+BENCH_PROCS (default 4) sets how many client processes share the clients.
 """
 
 from __future__ import annotations
@@ -28,10 +30,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from contextlab.workspace import create_demo_workspace  # noqa: E402
 from tests.support.kernel import KernelSession  # noqa: E402
 from tests.support.server import free_port, mcp_session, start_server  # noqa: E402
-
-from contextlab.workspace import create_demo_workspace  # noqa: E402
 
 # The same providers and tool list as ContextLab mounts (kernels and metrics see no kernels here),
 # on a plain MCPServer served by uvicorn: the ceiling of the SDK on this machine.
@@ -60,42 +61,60 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
 """
 
 
-async def _client_loop(url: str, token: str | None, op: str, args: dict, mode: str, start: float, stop: float):
+async def _client_loop(url, token, op, args, mode, warmed, go: asyncio.Event, window: list[float]):
     latencies: list[float] = []
     async with mcp_session(url, token, mode) as client:
         call = (lambda: client.list_tools()) if op == "tools/list" else (lambda: client.call_tool(op, args))
         result = await call()  # warm up the session
         if getattr(result, "is_error", False):
             raise RuntimeError(f"{op} failed: {result.content}")
-        await asyncio.sleep(max(0.0, start - time.time()))
-        while time.time() < stop:
+        warmed()
+        await go.wait()
+        while time.perf_counter() < window[1]:
             began = time.perf_counter()
             await call()
             latencies.append((time.perf_counter() - began) * 1000)
     return latencies
 
 
-def _worker(url, token, op, args, mode, clients, start, stop, queue) -> None:
-    async def main():
-        results = await asyncio.gather(
-            *[_client_loop(url, token, op, args, mode, start, stop) for _ in range(clients)]
-        )
-        return [x for r in results for x in r]
+def _worker(url, token, op, args, mode, clients, seconds, ready, start, results) -> None:
+    """One client process: open `clients` sessions, report ready, wait for the start signal, measure."""
 
-    queue.put(asyncio.run(main()))
+    async def main():
+        go, window, pending = asyncio.Event(), [0.0, 0.0], [clients]
+
+        def warmed():
+            pending[0] -= 1
+
+        tasks = [
+            asyncio.create_task(_client_loop(url, token, op, args, mode, warmed, go, window)) for _ in range(clients)
+        ]
+        while pending[0]:
+            await asyncio.sleep(0.01)
+        ready.put(os.getpid())
+        await asyncio.to_thread(start.wait)
+        window[:] = [time.perf_counter(), time.perf_counter() + seconds]
+        go.set()
+        return [x for r in await asyncio.gather(*tasks) for x in r]
+
+    results.put(asyncio.run(main()))
 
 
 def measure(url: str, token: str | None, op: str, args: dict, clients: int, seconds: float, mode: str) -> dict:
-    processes = min(clients, 4)
+    processes = min(clients, int(os.environ.get("BENCH_PROCS", "4")))
     shares = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
     ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    start = time.time() + 4.0 + 0.05 * clients  # time for every worker to import and open its sessions
-    stop = start + seconds
-    workers = [ctx.Process(target=_worker, args=(url, token, op, args, mode, n, start, stop, queue)) for n in shares]
+    ready, results, start = ctx.Queue(), ctx.Queue(), ctx.Event()
+    workers = [
+        ctx.Process(target=_worker, args=(url, token, op, args, mode, n, seconds, ready, start, results))
+        for n in shares
+    ]
     for w in workers:
         w.start()
-    latencies = [x for _ in workers for x in queue.get(timeout=120 + seconds)]
+    for _ in workers:  # every session is open and warm before the clock starts
+        ready.get(timeout=180)
+    start.set()
+    latencies = [x for _ in workers for x in results.get(timeout=120 + seconds)]
     for w in workers:
         w.join()
     latencies.sort()
@@ -113,16 +132,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="Measured seconds per scenario.")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="Concurrent clients.")
-    parser.add_argument("--mode", default="legacy", choices=["legacy", "auto"],
-                        help="legacy = 2025-11-25 sessions; auto = stateless 2026-07-28.")
+    parser.add_argument(
+        "--mode",
+        default="legacy",
+        choices=["legacy", "auto"],
+        help="legacy = 2025-11-25 sessions; auto = stateless 2026-07-28.",
+    )
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="contextlab-bench-"))
     root = create_demo_workspace(tmp / "workspace")
     server = start_server(root, tmp / "home")
     bare_port = free_port()
-    bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(root), str(bare_port)],
-                            env=server.env)
+    bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(root), str(bare_port)], env=server.env)
     kernel = KernelSession(server, "sales_overview.ipynb")
     try:
         kernel.execute("import pandas as pd\ndf = pd.DataFrame({'a': range(1000), 'b': ['x'] * 1000})")

@@ -71,7 +71,9 @@ class ContextLab(ExtensionApp):
     ).tag(config=True)
     log_buffer_size = Int(2000, help="How many recent log records the logs provider keeps.").tag(config=True)
     log_capture_level = Enum(
-        ["DEBUG", "INFO", "WARNING", "ERROR"], "INFO", help="Lowest level the logs provider keeps (Jupyter logs every request at DEBUG)."
+        ["DEBUG", "INFO", "WARNING", "ERROR"],
+        "INFO",
+        help="Lowest level the logs provider keeps (Jupyter logs every request at DEBUG).",
     ).tag(config=True)
     mcp_log_level = Unicode("WARNING", help="Log level of the MCP SDK's loggers.").tag(config=True)
     state_url = Unicode(
@@ -110,7 +112,6 @@ class ContextLab(ExtensionApp):
         self.request_stats = RequestStats()
 
         providers = [self._build_provider(name) for name in self.providers]
-        self.store.save_manifests([p.manifest().model_dump(mode="json") for p in providers])
         self.service = ContextService(
             providers,
             audit=AuditWriter(self.store),
@@ -119,7 +120,7 @@ class ContextLab(ExtensionApp):
             session_idle_timeout=self.session_idle_timeout,
             resource_poll_seconds=self.resource_poll_seconds,
         )
-        self.settings["contextlab"] = self
+        self.store.save_manifests([m.model_dump(mode="json") for m in self.service.manifests])
         self.log.info(
             "ContextLab %s: MCP endpoint at %s with providers %s",
             contextlab.__version__,

@@ -122,9 +122,12 @@ class MCPHandler(APIHandler):
         finally:
             if self.request.method == "DELETE" and session_id is not None and self.get_status() < 300:
                 self.service.release_session(session_id)
-            if not self._finished and not self._disconnected.is_set():
-                self.finish(set_content_type=content_type)
-            self._disconnected.set()
+            self._disconnected.set()  # unblocks any receive() still waiting
+            if not self._finished:
+                try:
+                    self.finish(set_content_type=content_type)
+                except StreamClosedError:
+                    pass  # the client left; there is no one to finish for
 
     def _asgi_scope(self, user: str) -> dict[str, Any]:
         request = self.request

@@ -25,8 +25,8 @@ from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
 import contextlab
-from contextlab.providers.base import Provider
 from contextlab.extension.subscriptions import CountingBus, ResourceWatcher
+from contextlab.providers.base import Provider
 from contextlab.providers.metrics import RequestStats
 from contextlab.state import AuditEntry, AuditWriter
 
@@ -119,7 +119,8 @@ class ContextService:
         for provider in providers:
             provider.register(self.server)
         self.watcher = ResourceWatcher(self.server, providers, self.bus, resource_poll_seconds)
-        self.tool_names = {tool.name for provider in providers for tool in provider.build_tools()}
+        self.manifests = [provider.manifest() for provider in providers]
+        self.tool_names = {tool.name for manifest in self.manifests for tool in manifest.tools}
         self.server.middleware.append(self._observe)
         self.server.middleware.append(self._reject_unknown_tool)
         self.server.middleware.append(self._baseline_on_listen)
@@ -147,10 +148,12 @@ class ContextService:
                 await self._stop.wait()
 
         self._task = asyncio.create_task(run(), name="contextlab-mcp-session-manager")
+        waiter = asyncio.create_task(ready.wait())
+        done, _ = await asyncio.wait({self._task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if self._task in done:
+            self._task.result()  # re-raises why the session manager could not start
         self._watcher_task = asyncio.create_task(self.watcher.run(), name="contextlab-resource-watcher")
-        await asyncio.wait([self._task, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
-        if self._task.done():
-            self._task.result()
 
     async def stop(self) -> None:
         self._stop.set()

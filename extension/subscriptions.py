@@ -120,9 +120,7 @@ class ResourceWatcher:
         self._legacy.setdefault(uri, {})[_session_key(ctx)] = ctx.session
         return EmptyResult()
 
-    async def _unsubscribe(
-        self, ctx: ServerRequestContext[Any, Any], params: UnsubscribeRequestParams
-    ) -> EmptyResult:
+    async def _unsubscribe(self, ctx: ServerRequestContext[Any, Any], params: UnsubscribeRequestParams) -> EmptyResult:
         sessions = self._legacy.get(str(params.uri), {})
         sessions.pop(_session_key(ctx), None)
         if not sessions:

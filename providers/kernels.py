@@ -171,10 +171,20 @@ class KernelsProvider(Provider):
 
     def _drop_client(self, kernel_id: str) -> None:
         client = self._clients.pop(kernel_id, None)
+        self._locks.pop(kernel_id, None)
         if client is not None:
             client.stop_channels()
 
+    def _prune_clients(self) -> None:
+        """Close the channels of kernels that were shut down since we last probed them."""
+        for kernel_id in list(self._clients):
+            try:
+                self.source.manager(kernel_id)
+            except KeyError:
+                self._drop_client(kernel_id)
+
     async def _probe(self, kernel_id: str, only: str | None, sample_rows: int, limit: int) -> dict[str, Any]:
+        self._prune_clients()
         manager = self._manager(kernel_id)
         spec = getattr(manager, "kernel_spec", None)
         language = getattr(spec, "language", "python") or "python"

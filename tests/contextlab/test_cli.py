@@ -41,7 +41,7 @@ def test_unknown_arguments_are_refused_with_usage():
 
 @pytest.fixture(scope="module")
 def up(tmp_path_factory):
-    """`contextlab up --no-browser --port N`, exactly as the README's first command runs it."""
+    """`contextlab up --no-browser --port N`, as the README's first command runs it, plus a Jupyter option."""
     home = tmp_path_factory.mktemp("up-home")
     workspace = tmp_path_factory.mktemp("up") / "workspace"
     env = isolated_env(home)
@@ -58,6 +58,7 @@ def up(tmp_path_factory):
             "--no-browser",
             "--port",
             str(port),
+            "--ServerApp.base_url=/team/",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -84,14 +85,14 @@ def up(tmp_path_factory):
 
 
 def test_up_creates_the_demo_workspace_and_prints_endpoint_and_client_config(up):
-    assert up["endpoint"] == f"http://localhost:{up['port']}/contextlab/mcp", up["output"]
+    assert up["endpoint"] == f"http://localhost:{up['port']}/team/contextlab/mcp", up["output"]
     assert "Created the demo workspace" in up["output"]
     assert (up["workspace"] / "data" / "shop.duckdb").exists()
     assert sorted(p.name for p in up["workspace"].glob("*.ipynb")) == [
         "data_quality.ipynb",
         "sales_overview.ipynb",
     ]
-    assert f"JupyterLab:   http://localhost:{up['port']}/lab?token={up['token']}" in up["output"]
+    assert f"JupyterLab:   http://localhost:{up['port']}/team/lab?token={up['token']}" in up["output"]
     cursor = json.loads(up["output"].split("Cursor / VS Code-style clients (url + headers):\n")[1].split("\n\n")[0])
     assert cursor["mcpServers"]["contextlab"] == {
         "url": up["endpoint"],
@@ -112,7 +113,7 @@ def test_a_client_connects_to_the_printed_endpoint(up):
 def test_mcp_config_finds_the_running_server(up):
     result = run_cli("mcp-config", "--format", "url", env=up["env"])
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"http://localhost:{up['port']}/contextlab/mcp"
+    assert result.stdout.strip() == f"http://localhost:{up['port']}/team/contextlab/mcp"
     vscode = json.loads(run_cli("mcp-config", "--format", "vscode", env=up["env"]).stdout)
     assert vscode["servers"]["contextlab"]["type"] == "http"
 

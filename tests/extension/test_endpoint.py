@@ -250,3 +250,21 @@ def test_state_survives_bad_input(server):
 
     anyio.run(go)
     assert not (server.root / "out.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("path", "phrase"),
+    [
+        ("../../etc/passwd.ipynb", "outside the server root"),
+        ("/etc/passwd", "Absolute paths are not allowed"),
+        (".contextlab/state.db", "Hidden files"),
+    ],
+)
+def test_notebook_paths_outside_the_root_are_refused_through_the_endpoint(server, path, phrase):
+    async def go():
+        async with mcp_session(server.mcp_url, server.token) as client:
+            assert phrase in error_text(await client.call_tool("notebooks__read", {"path": path}))
+            with pytest.raises(MCPError):
+                await client.read_resource(f"notebook://{path}")
+
+    anyio.run(go)

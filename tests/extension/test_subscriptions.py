@@ -18,8 +18,9 @@ from tests.support.server import mcp_session, start_server
 def watched(tmp_path_factory):
     root = tmp_path_factory.mktemp("watched")
     nbformat.write(new_notebook(cells=[new_markdown_cell("# v1")]), root / "report.ipynb")
-    srv = start_server(root, tmp_path_factory.mktemp("watch-home"),
-                       extra_args=["--ContextLab.resource_poll_seconds=0.2"])
+    srv = start_server(
+        root, tmp_path_factory.mktemp("watch-home"), extra_args=["--ContextLab.resource_poll_seconds=0.2"]
+    )
     yield srv
     srv.stop()
 
@@ -34,8 +35,9 @@ def test_listen_stream_announces_an_edited_notebook_and_a_new_one(watched):
     async def go():
         async with mcp_session(watched.mcp_url, watched.token, "auto") as client:
             assert client.protocol_version == "2026-07-28"
-            async with client.listen(resources_list_changed=True,
-                                     resource_subscriptions=["notebook://report.ipynb"]) as subscription:
+            async with client.listen(
+                resources_list_changed=True, resource_subscriptions=["notebook://report.ipynb"]
+            ) as subscription:
                 edit(watched.root)
                 with anyio.fail_after(20):
                     events = [await anext(aiter(subscription))]
@@ -52,7 +54,7 @@ def test_listen_stream_announces_an_edited_notebook_and_a_new_one(watched):
     assert type(events[-1]).__name__ == "ResourcesListChanged"
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:resources/(un)?subscribe is removed")
 def test_legacy_subscription_gets_resources_updated_on_its_session(watched):
     async def go():
         received = []

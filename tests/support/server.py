@@ -55,8 +55,8 @@ class JupyterServer:
     def state_db(self) -> Path:
         return self.root / ".contextlab" / "state.db"
 
-    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.request(method, f"{self.url}{path}", headers=self.auth, timeout=30, **kwargs)
+    def api(self, method: str, path: str, headers: dict[str, str] | None = None, **kwargs: Any) -> httpx.Response:
+        return httpx.request(method, f"{self.url}{path}", headers=headers or self.auth, timeout=30, **kwargs)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
