@@ -162,20 +162,13 @@ class StatusHandler(APIHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.finish(
-            json.dumps(
-                {
-                    "version": contextlab.__version__,
-                    "mcp_path": self.mcp_url_path,
-                    "providers": [
-                        {
-                            "name": p.name,
-                            "version": p.version,
-                            "tools": sorted(t.name for t in p.build_tools()),
-                        }
-                        for p in self.service.providers
-                    ],
-                    "tool_count": len(self.service.tool_names),
-                }
-            )
-        )
+        providers = [
+            {"name": m.name, "version": m.version, "tools": [t.name for t in m.tools]} for m in self.service.manifests
+        ]
+        status = {
+            "version": contextlab.__version__,
+            "mcp_path": self.mcp_url_path,
+            "providers": providers,
+            "tool_count": len(self.service.tool_names),
+        }
+        self.finish(json.dumps(status))

@@ -268,3 +268,17 @@ def test_notebook_paths_outside_the_root_are_refused_through_the_endpoint(server
                 await client.read_resource(f"notebook://{path}")
 
     anyio.run(go)
+
+
+def test_status_api_reports_version_and_the_tools_tools_list_serves(server):
+    status = server.api("GET", "contextlab/api/status").json()
+    assert status["mcp_path"] == "/contextlab/mcp"
+
+    async def go():
+        async with mcp_session(server.mcp_url, server.token) as client:
+            return {t.name for t in (await client.list_tools()).tools}
+
+    listed = anyio.run(go)
+    assert {t for p in status["providers"] for t in p["tools"]} == listed
+    assert status["tool_count"] == len(listed)
+    assert httpx.get(f"{server.url}contextlab/api/status", timeout=10).status_code == 403
