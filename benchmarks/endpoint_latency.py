@@ -138,15 +138,28 @@ def main() -> None:
         choices=["legacy", "auto"],
         help="legacy = 2025-11-25 sessions; auto = stateless 2026-07-28.",
     )
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="Extra option for the Jupyter server, e.g. --server-arg=--ContextLab.sql_row_limit=10.",
+    )
+    parser.add_argument(
+        "--ops",
+        nargs="+",
+        default=["tools/list", "sql__schema", "kernels__variables"],
+        help="Which operations to measure.",
+    )
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="contextlab-bench-"))
     root = create_demo_workspace(tmp / "workspace")
-    server = start_server(root, tmp / "home")
+    server = start_server(root, tmp / "home", extra_args=args.server_arg)
     bare_port = free_port()
     bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(root), str(bare_port)], env=server.env)
-    kernel = KernelSession(server, "sales_overview.ipynb")
+    kernel = None
     try:
+        kernel = KernelSession(server, "sales_overview.ipynb")
         kernel.execute("import pandas as pd\ndf = pd.DataFrame({'a': range(1000), 'b': ['x'] * 1000})")
         bare_url = f"http://127.0.0.1:{bare_port}/mcp"
         _wait_for_bare(bare_url)
@@ -159,13 +172,14 @@ def main() -> None:
         ]
         results = []
         for clients in args.clients:
-            for target, url, token, op, op_args in scenarios:
+            for target, url, token, op, op_args in [s for s in scenarios if s[3].split("__")[-1] in _ops(args.ops)]:
                 row = measure(url, token, op, op_args, clients, args.seconds, args.mode)
                 row["server"] = target
                 results.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     finally:
-        kernel.close()
+        if kernel is not None:
+            kernel.close()
         server.stop()
         bare.terminate()
         bare.wait(10)
@@ -180,7 +194,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "results": results,
     }
-    for clients in args.clients:
+    for clients in args.clients if {"tools/list", "schema"} <= _ops(args.ops) else []:
         cheap = find("contextlab", "sql__schema", clients)
         bare_cheap = find("bare_sdk", "sql__schema", clients)
         listing, bare_listing = find("contextlab", "tools/list", clients), find("bare_sdk", "tools/list", clients)
@@ -190,6 +204,11 @@ def main() -> None:
             listing["throughput_rps"] / bare_listing["throughput_rps"], 3
         )
     print(json.dumps(summary, indent=2))
+
+
+def _ops(ops: list[str]) -> set[str]:
+    """Operation names without their provider prefix (the bare server's tools carry the same names)."""
+    return {op.split("__")[-1] for op in ops}
 
 
 def _wait_for_bare(url: str) -> None:

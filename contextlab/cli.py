@@ -64,8 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Print configuration for Cursor, VS Code, Claude Desktop and the Python mcp client, for a "
         "running Jupyter server with ContextLab (the newest one, or the one given by --url).",
     )
-    config.add_argument("--url", help="Jupyter server URL including base_url (default: newest running server).")
-    config.add_argument("--token", help="Jupyter token (default: the running server's).")
+    _add_server_arguments(config)
     config.add_argument(
         "--format",
         choices=["all", "cursor", "vscode", "claude_desktop", "python", "url"],
@@ -80,8 +79,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Check Python and package versions, that the server extension is enabled, and that the "
         "MCP endpoint of a running server answers. Exits 1 when a check fails.",
     )
-    doctor.add_argument("--url", help="Jupyter server URL (default: newest running server).")
-    doctor.add_argument("--token", help="Jupyter token (default: the running server's).")
+    _add_server_arguments(doctor)
     doctor.set_defaults(func=_cmd_doctor)
 
     enable = sub.add_parser(
@@ -106,6 +104,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("path", nargs="?", default="contextlab-demo", help="Folder (default: ./contextlab-demo).")
     demo.set_defaults(func=_cmd_demo)
     return parser
+
+
+def _add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="Jupyter server URL including base_url (default: newest running server).")
+    parser.add_argument("--token", help="Jupyter token (default: the running server's).")
 
 
 # -- up ---------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from traitlets.utils.importstring import import_item
 
 import contextlab
 from contextlab.connect import connection_banner
-from contextlab.extension.handlers import MCPHandler, StatusHandler
+from contextlab.extension.handlers import MCPHandler, StatusHandler, request_logger
 from contextlab.extension.service import ContextService
 from contextlab.extension.sources import JupyterKernelSource
 from contextlab.providers.base import Provider
@@ -80,6 +81,11 @@ class ContextLab(ExtensionApp):
         "", help="SQLAlchemy URL of the control-plane store; default sqlite:///<state_dir>/state.db."
     ).tag(config=True)
     state_dir = Unicode("", help="Folder for ContextLab's state; default <root_dir>/.contextlab.").tag(config=True)
+    freeze_startup_objects = Bool(
+        True,
+        help="Call gc.freeze() once the server has started, so that the cyclic garbage collector stops "
+        "rescanning the server's long-lived start-up objects; this shortens its pauses.",
+    ).tag(config=True)
     show_connection_banner = Bool(
         False, help="Print the MCP endpoint and client configuration once the server is listening."
     ).tag(config=True)
@@ -131,7 +137,11 @@ class ContextLab(ExtensionApp):
     def initialize_handlers(self) -> None:
         self.handlers.extend(
             [
-                (r"/contextlab/mcp/?", MCPHandler, {"service": self.service}),
+                (
+                    r"/contextlab/mcp/?",
+                    MCPHandler,
+                    {"service": self.service, "logger": request_logger(self.serverapp.log, self.serverapp.log_level)},
+                ),
                 (
                     r"/contextlab/api/status",
                     StatusHandler,
@@ -179,6 +189,9 @@ class ContextLab(ExtensionApp):
     # -- lifecycle -------------------------------------------------------------------------------
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         await self.service.start()
+        if self.freeze_startup_objects:
+            gc.collect()
+            gc.freeze()
         if self.show_connection_banner:
             print(
                 connection_banner(serverapp.connection_url, serverapp.identity_provider.token or ""),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
@@ -16,6 +17,18 @@ from contextlab.extension.service import USER_SCOPE_KEY, ContextService, jsonrpc
 
 AUTH_RESOURCE = "contextlab"
 _SESSION_HEADER = "Mcp-Session-Id"
+
+
+def request_logger(serverapp_log: logging.Logger, level: int | str) -> logging.Logger:
+    """A child of the server's logger for MCP requests, at the server's configured level.
+
+    Traitlets leaves the ServerApp logger itself at DEBUG (its handlers filter), so Jupyter's
+    per-request debug line would build a LogRecord for every MCP call; a child logger at the
+    configured level skips that work and still prints what the server would print.
+    """
+    logger = serverapp_log.getChild("contextlab")
+    logger.setLevel(level)
+    return logger
 
 
 def _jsonrpc_error(code: int, message: str) -> bytes:
@@ -31,9 +44,14 @@ class MCPHandler(APIHandler):
 
     auth_resource = AUTH_RESOURCE
 
-    def initialize(self, service: ContextService) -> None:
+    def initialize(self, service: ContextService, logger: logging.Logger) -> None:
         self.service = service
+        self._logger = logger
         self._disconnected = asyncio.Event()
+
+    @property
+    def log(self) -> logging.Logger:
+        return self._logger
 
     def on_connection_close(self) -> None:
         self._disconnected.set()

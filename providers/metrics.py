@@ -106,20 +106,9 @@ class MetricsProvider(Provider):
                 continue
             usage = self._process_usage(pid)
             if usage is not None:
-                add(
-                    "kernel_cpu_percent",
-                    usage[0],
-                    "percent",
-                    kernel_id=kernel["id"],
-                    kernel_name=kernel["name"],
-                )
-                add(
-                    "kernel_memory_rss_bytes",
-                    usage[1],
-                    "bytes",
-                    kernel_id=kernel["id"],
-                    kernel_name=kernel["name"],
-                )
+                labels = {"kernel_id": kernel["id"], "kernel_name": kernel["name"]}
+                add("kernel_cpu_percent", usage[0], "percent", **labels)
+                add("kernel_memory_rss_bytes", usage[1], "bytes", **labels)
         add("server_cpu_percent", self._server.cpu_percent(None), "percent")
         add("server_memory_rss_bytes", self._server.memory_info().rss, "bytes")
         counts, latencies = self.stats.snapshot()

@@ -193,6 +193,7 @@ class SQLProvider(Provider):
         self.timeout_seconds = timeout_seconds
         self._schema_cache: dict[str, tuple[tuple[int, int], DatabaseSchema]] = {}
         self._cache_lock = threading.Lock()
+        self._schema_locks: dict[str, asyncio.Lock] = {}
 
     @classmethod
     def discover(cls, root: str | Path, **kwargs: Any) -> SQLProvider:
@@ -248,8 +249,7 @@ class SQLProvider(Provider):
         database: Annotated[str | None, Field(description="Database name; all databases when omitted.")] = None,
     ) -> SQLSchema:
         names = [self._require(database)] if database else list(self.databases)
-        schemas = [self._cached_schema(name) or await asyncio.to_thread(self._schema_of, name) for name in names]
-        return SQLSchema(databases=schemas)
+        return SQLSchema(databases=[await self._schema(name) for name in names])
 
     async def query(
         self,
@@ -316,6 +316,14 @@ class SQLProvider(Provider):
                     "Close that connection (or open it with read_only=True) and retry."
                 ) from exc
             raise ProviderError(f"Cannot open database {name!r}: {exc}") from exc
+
+    async def _schema(self, name: str) -> DatabaseSchema:
+        cached = self._cached_schema(name)
+        if cached is not None:
+            return cached
+        # One reader per database: concurrent callers on a cold cache wait for it instead of piling on.
+        async with self._schema_locks.setdefault(name, asyncio.Lock()):
+            return self._cached_schema(name) or await asyncio.to_thread(self._schema_of, name)
 
     def _cached_schema(self, name: str) -> DatabaseSchema | None:
         """The cached schema while the file is unchanged (checked by mtime and size, no thread hop)."""

@@ -70,6 +70,18 @@ def test_notebook_resources_are_listed_and_readable(server, mode):
     anyio.run(go)
 
 
+def test_notebook_and_log_prompts_embed_their_context(server, mode):
+    async def go():
+        async with mcp_session(server.mcp_url, server.token, mode) as client:
+            explain = await client.get_prompt("notebooks__explain", {"path": "data_quality.ipynb"})
+            diagnose = await client.get_prompt("logs__diagnose", {"minutes": "30"})
+            return explain.messages[0].content.text, diagnose.messages[0].content.text
+
+    explain, diagnose = anyio.run(go)
+    assert "Notebook `data_quality.ipynb`" in explain and "orders without items" in explain
+    assert "last 30 minutes" in diagnose
+
+
 def test_prompt_embeds_the_live_schema(server, mode):
     async def go():
         async with mcp_session(server.mcp_url, server.token, mode) as client:

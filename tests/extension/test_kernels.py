@@ -81,6 +81,18 @@ def test_describe_one_variable(server, kernel, mode):
     assert "No variable 'nope'" in missing
 
 
+def test_analyze_prompt_embeds_the_dataframe(server, kernel, mode):
+    async def go():
+        async with mcp_session(server.mcp_url, server.token, mode) as client:
+            prompt = await client.get_prompt(
+                "kernels__analyze_dataframe", {"kernel_id": kernel.kernel_id, "name": "orders"}
+            )
+            return prompt.messages[0].content.text
+
+    text = anyio.run(go)
+    assert "`orders`" in text and '"amount"' in text and '"float64"' in text
+
+
 def test_inspection_leaves_execution_counter_and_history_untouched(server, kernel):
     for mode in ("legacy", "auto"):
         structured(call(server, mode, "kernels__variables", {"kernel_id": kernel.kernel_id}))

@@ -73,17 +73,24 @@ class KernelSession:
         return msg_id
 
     def wait_reply(self, msg_id: str, timeout: float = 60) -> dict[str, Any]:
+        """Wait for the execute_reply and for the kernel to go idle (stream output may come after the reply)."""
         deadline = time.monotonic() + timeout
         stdout: list[str] = []
-        while time.monotonic() < deadline:
+        reply: dict[str, Any] | None = None
+        idle = False
+        while time.monotonic() < deadline and not (reply is not None and idle):
             message = json.loads(self.ws.recv())
             if message.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
             if message["msg_type"] == "stream":
                 stdout.append(message["content"]["text"])
-            if message["channel"] == "shell" and message["msg_type"] == "execute_reply":
-                return {**message["content"], "stdout": "".join(stdout)}
-        raise TimeoutError(f"no execute_reply for {msg_id}")
+            elif message["msg_type"] == "status" and message["content"]["execution_state"] == "idle":
+                idle = True
+            elif message["channel"] == "shell" and message["msg_type"] == "execute_reply":
+                reply = message["content"]
+        if reply is None or not idle:
+            raise TimeoutError(f"no complete execute_reply for {msg_id}")
+        return {**reply, "stdout": "".join(stdout)}
 
     def close(self) -> None:
         self.ws.close()

@@ -110,7 +110,11 @@ def start_server(root: Path, home: Path, *, base_url: str = "/", extra_args: lis
     ]
     log = server.log_path.open("wb")
     server.process = subprocess.Popen(args, cwd=root, env=server.env, stdout=log, stderr=subprocess.STDOUT)
-    wait_until_ready(server)
+    try:
+        wait_until_ready(server)
+    except BaseException:
+        server.stop()  # a server that never became ready must not outlive the test run
+        raise
     return server
 
 
@@ -120,7 +124,6 @@ def wait_until_ready(server: JupyterServer, timeout: float = 60) -> None:
         if server.process and server.process.poll() is not None:
             raise RuntimeError(f"Jupyter server exited early:\n{server.log_text()[-4000:]}")
         if "contextlab.extension | extension failed loading" in server.log_text():
-            server.stop()
             raise RuntimeError(f"ContextLab failed to load:\n{server.log_text()[-6000:]}")
         with contextlib.suppress(httpx.HTTPError):
             if server.api("GET", "contextlab/api/status").status_code == 200:
