@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -170,10 +172,18 @@ def main() -> None:
             ("bare_sdk", bare_url, None, "sql__schema", {}),
             ("contextlab", server.mcp_url, server.token, "kernels__variables", {"kernel_id": kernel.kernel_id}),
         ]
+        pids = {"contextlab": server.process.pid, "bare_sdk": bare.pid}
         results = []
         for clients in args.clients:
             for target, url, token, op, op_args in [s for s in scenarios if s[3].split("__")[-1] in _ops(args.ops)]:
+                process = psutil.Process(pids[target])
+                before = process.cpu_times()
                 row = measure(url, token, op, op_args, clients, args.seconds, args.mode)
+                after = process.cpu_times()
+                # Server CPU per call (the process itself, not its kernels): steadier than wall-clock
+                # figures when clients and server share two cores. It includes the warm-up calls.
+                cpu_ms = ((after.user - before.user) + (after.system - before.system)) * 1000
+                row["server_cpu_ms_per_call"] = round(cpu_ms / max(row["calls"] + clients, 1), 3)
                 row["server"] = target
                 results.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
@@ -200,6 +210,9 @@ def main() -> None:
         listing, bare_listing = find("contextlab", "tools/list", clients), find("bare_sdk", "tools/list", clients)
         summary[f"p99_ms_c{clients}"] = cheap["p99_ms"]
         summary[f"throughput_ratio_c{clients}"] = round(cheap["throughput_rps"] / bare_cheap["throughput_rps"], 3)
+        summary[f"server_cpu_ratio_c{clients}"] = round(
+            cheap["server_cpu_ms_per_call"] / bare_cheap["server_cpu_ms_per_call"], 3
+        )
         summary[f"tools_list_throughput_ratio_c{clients}"] = round(
             listing["throughput_rps"] / bare_listing["throughput_rps"], 3
         )
