@@ -180,11 +180,14 @@ class ContextLab(ExtensionApp):
             return cls(self)
         return self.builtin_provider(name)
 
+    def _log_buffer_hosts(self) -> list[logging.Logger]:
+        """The root logger, plus the application loggers that do not propagate to it."""
+        extra = {self.serverapp.log, self.log}
+        return [logging.getLogger()] + [lg for lg in extra if isinstance(lg, logging.Logger) and not lg.propagate]
+
     def _attach_log_buffer(self) -> None:
-        logging.getLogger().addHandler(self.log_buffer)
-        for logger in {self.serverapp.log, self.log}:
-            if isinstance(logger, logging.Logger) and not logger.propagate:
-                logger.addHandler(self.log_buffer)
+        for logger in self._log_buffer_hosts():
+            logger.addHandler(self.log_buffer)
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
@@ -203,6 +206,7 @@ class ContextLab(ExtensionApp):
         if self.service is not None:
             await self.service.stop()
         if self.log_buffer is not None:
-            logging.getLogger().removeHandler(self.log_buffer)
+            for logger in self._log_buffer_hosts():
+                logger.removeHandler(self.log_buffer)
         if self.store is not None:
             self.store.close()
