@@ -79,8 +79,10 @@ async def _client_loop(url, token, op, args, mode, warmed, go: asyncio.Event, wi
     return latencies
 
 
-def _worker(url, token, op, args, mode, clients, seconds, ready, start, results) -> None:
+def _worker(url, token, op, args, mode, clients, seconds, ready, start, results, cpus) -> None:
     """One client process: open `clients` sessions, report ready, wait for the start signal, measure."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
 
     async def main():
         go, window, pending = asyncio.Event(), [0.0, 0.0], [clients]
@@ -102,13 +104,22 @@ def _worker(url, token, op, args, mode, clients, seconds, ready, start, results)
     results.put(asyncio.run(main()))
 
 
-def measure(url: str, token: str | None, op: str, args: dict, clients: int, seconds: float, mode: str) -> dict:
+def measure(
+    url: str,
+    token: str | None,
+    op: str,
+    args: dict,
+    clients: int,
+    seconds: float,
+    mode: str,
+    cpus: set[int] = frozenset(),
+) -> dict:
     processes = min(clients, int(os.environ.get("BENCH_PROCS", "4")))
     shares = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
     ctx = mp.get_context("spawn")
     ready, results, start = ctx.Queue(), ctx.Queue(), ctx.Event()
     workers = [
-        ctx.Process(target=_worker, args=(url, token, op, args, mode, n, seconds, ready, start, results))
+        ctx.Process(target=_worker, args=(url, token, op, args, mode, n, seconds, ready, start, results, cpus))
         for n in shares
     ]
     for w in workers:
@@ -147,6 +158,12 @@ def main() -> None:
         help="Extra option for the Jupyter server, e.g. --server-arg=--ContextLab.sql_row_limit=10.",
     )
     parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="Pin the servers (and the kernel) to CPU 0 and the clients to the other CPUs, so the two "
+        "sides do not steal each other's time; steadier figures on small machines.",
+    )
+    parser.add_argument(
         "--ops",
         nargs="+",
         default=["tools/list", "sql__schema", "kernels__variables"],
@@ -173,12 +190,18 @@ def main() -> None:
             ("contextlab", server.mcp_url, server.token, "kernels__variables", {"kernel_id": kernel.kernel_id}),
         ]
         pids = {"contextlab": server.process.pid, "bare_sdk": bare.pid}
+        client_cpus: set[int] = set()
+        if args.pin:
+            cpus = sorted(os.sched_getaffinity(0))
+            client_cpus = set(cpus[1:]) or set(cpus)
+            for pid in [*pids.values(), *(p.pid for p in psutil.Process(server.process.pid).children(recursive=True))]:
+                os.sched_setaffinity(pid, {cpus[0]})
         results = []
         for clients in args.clients:
             for target, url, token, op, op_args in [s for s in scenarios if s[3].split("__")[-1] in _ops(args.ops)]:
                 process = psutil.Process(pids[target])
                 before = process.cpu_times()
-                row = measure(url, token, op, op_args, clients, args.seconds, args.mode)
+                row = measure(url, token, op, op_args, clients, args.seconds, args.mode, client_cpus)
                 after = process.cpu_times()
                 # Server CPU per call (the process itself, not its kernels): steadier than wall-clock
                 # figures when clients and server share two cores. It includes the warm-up calls.
@@ -201,6 +224,7 @@ def main() -> None:
         "benchmark": "endpoint_latency",
         "mode": args.mode,
         "seconds_per_scenario": args.seconds,
+        "pinned": args.pin,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "results": results,
     }
