@@ -95,7 +95,8 @@ class ResourceWatcher:
                 await self._announce(uri)
         if current.keys() != previous.keys():
             await self.bus.publish(ResourcesListChanged())
-            for session in {id(s): s for sessions in self._legacy.values() for s in sessions.values()}.values():
+            by_session = {key: s for sessions in self._legacy.values() for key, s in sessions.items()}
+            for session in by_session.values():
                 await self._send(session, lambda s: s.send_resource_list_changed())
 
     async def _announce(self, uri: str) -> None:
@@ -115,8 +116,11 @@ class ResourceWatcher:
 
     async def _subscribe(self, ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams) -> EmptyResult:
         uri = str(params.uri)
-        if uri not in await self.ensure_baseline() and uri not in await self.versions():
+        versions = await self.versions()
+        if uri not in versions:
             raise MCPError(INVALID_PARAMS, f"No resource {uri!r} to subscribe to. Call resources/list for the URIs.")
+        if self._baseline is None:
+            self._baseline = versions
         self._legacy.setdefault(uri, {})[_session_key(ctx)] = ctx.session
         return EmptyResult()
 
