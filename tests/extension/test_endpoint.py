@@ -294,3 +294,27 @@ def test_status_api_reports_version_and_the_tools_tools_list_serves(server):
     assert {t for p in status["providers"] for t in p["tools"]} == listed
     assert status["tool_count"] == len(listed)
     assert httpx.get(f"{server.url}contextlab/api/status", timeout=10).status_code == 403
+
+
+def test_a_client_that_leaves_mid_stream_does_not_hurt_the_server(server, mode):
+    """The bridge must unblock the SDK when the HTTP client goes away during an SSE response."""
+    marker = f"never-{uuid.uuid4().hex}"
+    started = anyio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        started.set()
+
+    async def abandon():
+        async with mcp_session(server.mcp_url, server.token, mode) as client:
+            with anyio.move_on_after(20):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(
+                        lambda: client.call_tool("slow__wait", {"marker": marker}, progress_callback=on_progress)
+                    )
+                    await started.wait()
+                    tg.cancel_scope.cancel()  # drop the call while its stream is open
+
+    anyio.run(abandon)
+    assert started.is_set()
+    for _ in range(3):
+        anyio.run(_assert_healthy, server)
