@@ -103,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("path", nargs="?", default="contextlab-demo", help="Folder (default: ./contextlab-demo).")
     demo.set_defaults(func=_cmd_demo)
+
+    from contextlab.admin_cli import add_admin_commands
+
+    add_admin_commands(sub, _add_server_arguments)
     return parser
 
 
@@ -136,7 +140,7 @@ def _cmd_up(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 # -- mcp-config -------------------------------------------------------------------------------------
-def _find_server(url: str | None, token: str | None) -> tuple[str, str]:
+def find_server(url: str | None, token: str | None) -> tuple[str, str]:
     from jupyter_server.serverapp import list_running_servers
 
     servers = sorted(list_running_servers(), key=lambda s: s.get("pid", 0))
@@ -150,7 +154,7 @@ def _find_server(url: str | None, token: str | None) -> tuple[str, str]:
 
 
 def _cmd_mcp_config(args: argparse.Namespace, _extra: list[str]) -> int:
-    url, token = _find_server(args.url, args.token)
+    url, token = find_server(args.url, args.token)
     endpoint = mcp_url(url)
     if args.format == "all":
         print(connection_banner(url, token))
@@ -181,7 +185,7 @@ def _cmd_doctor(args: argparse.Namespace, _extra: list[str]) -> int:
     )
     checks.append(_extension_enabled())
     try:
-        url, token = _find_server(args.url, args.token)
+        url, token = find_server(args.url, args.token)
     except SystemExit as exc:
         checks.append((False, str(exc)))
     else:

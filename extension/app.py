@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
+from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import url_path_join
 from traitlets import Bool, Dict, Enum, Float, Instance, Int, List, Unicode, default
@@ -15,9 +17,16 @@ from traitlets.utils.importstring import import_item
 
 import contextlab
 from contextlab.connect import connection_banner
+from contextlab.extension import rest
+from contextlab.extension.events import EventBus
+from contextlab.extension.gateway import Gateway
 from contextlab.extension.handlers import MCPHandler, StatusHandler, request_logger
+from contextlab.extension.policy import PolicyEngine
+from contextlab.extension.registry import Registry, RegistryError, SecretBox, parse_manifest
+from contextlab.extension.router import Router, ToolReviews
 from contextlab.extension.service import ContextService
 from contextlab.extension.sources import JupyterKernelSource
+from contextlab.extension.tokens import TokenService
 from contextlab.providers.base import Provider
 from contextlab.providers.kernels import KernelsProvider
 from contextlab.providers.logs import LogBuffer, LogsProvider
@@ -90,6 +99,44 @@ class ContextLab(ExtensionApp):
         False, help="Print the MCP endpoint and client configuration once the server is listening."
     ).tag(config=True)
 
+    policy_file = Unicode(
+        "",
+        help="The gateway's ABAC / rate-limit / DLP policy (YAML); default <state_dir>/policy.yaml. "
+        "Without the file the built-in default policy is in force.",
+    ).tag(config=True)
+    policy_check_seconds = Float(5.0, help="How often the policy file is checked for changes.").tag(config=True)
+    secret_key_file = Unicode(
+        "",
+        help="Fernet key that encrypts upstream secrets; default <jupyter data dir>/contextlab/secret.key, "
+        "outside the workspace. Created on first use.",
+    ).tag(config=True)
+    registry_manifests = List(
+        Unicode(), default_value=[], help="Registry manifest files (YAML/JSON) applied at start-up."
+    ).tag(config=True)
+    upstream_list_ttl_seconds = Float(30.0, help="How long upstream tool/prompt/resource lists are cached.").tag(
+        config=True
+    )
+    upstream_health_seconds = Float(60.0, help="How often every enabled upstream is health-checked.").tag(config=True)
+    breaker_threshold = Int(5, help="Consecutive upstream failures that open its circuit breaker.").tag(config=True)
+    breaker_cooldown_seconds = Float(30.0, help="How long an open breaker fails fast before a trial call.").tag(
+        config=True
+    )
+    max_sessions_per_upstream = Int(64, help="Upstream connections kept per server (one per caller identity).").tag(
+        config=True
+    )
+    jupyter_user_scopes = List(
+        Unicode(), default_value=["*"], help="Token scopes granted to users authenticated by Jupyter itself."
+    ).tag(config=True)
+    jupyter_user_attributes = Dict(
+        default_value={"*": {"roles": ["Owner"]}},
+        help="ABAC attributes (roles, org, project, tenant) of Jupyter users: username -> attributes; '*' for all.",
+    ).tag(config=True)
+    builtin_attributes = Dict(
+        default_value={"*": {"sensitivity": "internal"}},
+        help="ABAC attributes (org, project, sensitivity, owner) of the built-in providers: name -> attributes; "
+        "'*' for all.",
+    ).tag(config=True)
+
     service = Instance(ContextService, allow_none=True)
     store = Instance(StateStore, allow_none=True)
     log_buffer = Instance(LogBuffer, allow_none=True)
@@ -118,10 +165,38 @@ class ContextLab(ExtensionApp):
         self.request_stats = RequestStats()
 
         providers = [self._build_provider(name) for name in self.providers]
+        self._health_status: dict[str, Any] = {}
+        self.events = EventBus(self.store)
+        self.tokens = TokenService(self.store)
+        self.registry = Registry(self.store, SecretBox(Path(self.secret_key_file or self._default_key_file())))
+        self.reviews = ToolReviews(self.store)
+        self.router = Router(
+            self.registry,
+            self.reviews,
+            list_ttl_seconds=self.upstream_list_ttl_seconds,
+            health_interval_seconds=self.upstream_health_seconds,
+            breaker_threshold=self.breaker_threshold,
+            breaker_cooldown_seconds=self.breaker_cooldown_seconds,
+            max_sessions_per_upstream=self.max_sessions_per_upstream,
+        )
+        self.registry.listeners.append(self.router.registry_listener)
+        self.registry.listeners.append(
+            lambda name, action: self.events.publish("registry.changed", {"server": name, "action": action})
+        )
+        self.router.on_health.append(self._publish_health)
+        self._apply_manifests()
+        self.gateway = Gateway(
+            PolicyEngine(Path(self.policy_file or Path(self.state_dir) / "policy.yaml"), logger=self.log),
+            jupyter_scopes=self.jupyter_user_scopes,
+            jupyter_attributes=self.jupyter_user_attributes,
+            builtin_attributes=self.builtin_attributes,
+        )
         self.service = ContextService(
             providers,
             audit=AuditWriter(self.store),
             stats=self.request_stats,
+            gateway=self.gateway,
+            router=self.router,
             max_request_bytes=self.max_request_bytes,
             session_idle_timeout=self.session_idle_timeout,
             resource_poll_seconds=self.resource_poll_seconds,
@@ -134,13 +209,58 @@ class ContextLab(ExtensionApp):
             ", ".join(self.providers),
         )
 
+    def _default_key_file(self) -> Path:
+        return Path(jupyter_data_dir()) / "contextlab" / "secret.key"
+
+    def _apply_manifests(self) -> None:
+        for manifest in self.registry_manifests:
+            path = Path(manifest).expanduser()
+            try:
+                summary = self.registry.apply_manifest(parse_manifest(path.read_text(), source=str(path)))
+            except (OSError, RegistryError) as exc:
+                self.log.error("ContextLab registry manifest %s not applied: %s", path, exc)
+                continue
+            self.log.info("ContextLab registry manifest %s: %s", path, summary)
+
+    def _publish_health(self, name: str, health: dict[str, Any]) -> None:
+        if self._health_status.get(name) != health.get("status"):
+            self._health_status[name] = health.get("status")
+            self.events.publish("provider.health", {"server": name, **health})
+
     def initialize_handlers(self) -> None:
+        admin = {"service": self.service, "tokens": self.tokens, "store": self.store}
+        admin_extra = {**admin, "registry": self.registry, "router": self.router, "reviews": self.reviews}
         self.handlers.extend(
             [
                 (
                     r"/contextlab/mcp/?",
                     MCPHandler,
-                    {"service": self.service, "logger": request_logger(self.serverapp.log, self.serverapp.log_level)},
+                    {
+                        "service": self.service,
+                        "tokens": self.tokens,
+                        "logger": request_logger(self.serverapp.log, self.serverapp.log_level),
+                    },
+                ),
+                (r"/contextlab/api/registry", rest.RegistryListHandler, admin_extra),
+                (r"/contextlab/api/registry/manifest", rest.RegistryManifestHandler, admin_extra),
+                (r"/contextlab/api/registry/health", rest.RegistryHealthHandler, admin_extra),
+                (r"/contextlab/api/registry/([a-z][a-z0-9-]*)", rest.RegistryItemHandler, admin_extra),
+                (
+                    r"/contextlab/api/registry/([a-z][a-z0-9-]*)/(enable|disable|health)",
+                    rest.RegistryActionHandler,
+                    admin_extra,
+                ),
+                (r"/contextlab/api/reviews", rest.ReviewsHandler, admin_extra),
+                (r"/contextlab/api/reviews/([a-z][a-z0-9-]*)/([^/]+)/approve", rest.ReviewsHandler, admin_extra),
+                (r"/contextlab/api/tokens", rest.TokensHandler, admin),
+                (r"/contextlab/api/tokens/([A-Za-z0-9]+)", rest.TokensHandler, admin),
+                (r"/contextlab/api/audit", rest.AuditHandler, admin),
+                (r"/contextlab/api/policy", rest.PolicyHandler, admin),
+                (r"/contextlab/api/policy/reload", rest.PolicyHandler, admin),
+                (
+                    r"/contextlab/api/events",
+                    rest.EventsStreamHandler,
+                    {"bus": self.events, "tokens": self.tokens, "gateway": self.gateway},
                 ),
                 (
                     r"/contextlab/api/status",
@@ -192,6 +312,7 @@ class ContextLab(ExtensionApp):
     # -- lifecycle -------------------------------------------------------------------------------
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         await self.service.start()
+        self._policy_task = asyncio.create_task(self._watch_policy(), name="contextlab-policy-watch")
         if self.freeze_startup_objects:
             gc.collect()
             gc.freeze()
@@ -202,9 +323,19 @@ class ContextLab(ExtensionApp):
                 flush=True,
             )
 
+    async def _watch_policy(self) -> None:
+        # The engine logs load errors itself and keeps the previous policy in force.
+        while True:
+            await asyncio.sleep(self.policy_check_seconds)
+            self.gateway.policy.reload()
+
     async def stop_extension(self) -> None:
+        if getattr(self, "_policy_task", None) is not None:
+            self._policy_task.cancel()
         if self.service is not None:
             await self.service.stop()
+        if getattr(self, "events", None) is not None:
+            self.events.close()
         if self.log_buffer is not None:
             for logger in self._log_buffer_hosts():
                 logger.removeHandler(self.log_buffer)

@@ -8,12 +8,18 @@ import logging
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
+from jupyter_server.auth.identity import User
+from jupyter_server.base.call_context import CallContext
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 from tornado.iostream import StreamClosedError
 
 import contextlab
-from contextlab.extension.service import USER_SCOPE_KEY, ContextService, jsonrpc_body_error
+from contextlab.extension.gateway import Gateway
+from contextlab.extension.principals import Caller
+from contextlab.extension.service import CALLER_SCOPE_KEY, USER_SCOPE_KEY, ContextService, parse_jsonrpc
+from contextlab.extension.tokens import TokenError, TokenService, token_from_headers
+from contextlab.extension.upstreams import MODERN_VERSION
 
 AUTH_RESOURCE = "contextlab"
 _SESSION_HEADER = "Mcp-Session-Id"
@@ -35,7 +41,39 @@ def _jsonrpc_error(code: int, message: str) -> bytes:
     return json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}}).encode()
 
 
-class MCPHandler(APIHandler):
+class GatewayAuthMixin:
+    """Authenticates ContextLab API tokens (`Bearer cl_…`); any other credential goes to Jupyter's own auth.
+
+    Needs `self.gateway` and `self.tokens`; sets `self.caller` for the handler.
+    """
+
+    gateway: Gateway
+    tokens: TokenService
+    caller: Caller | None = None
+
+    async def prepare(self) -> None:
+        token = token_from_headers(self.request.headers.get("Authorization"))  # type: ignore[attr-defined]
+        if token is None:
+            await super().prepare()  # type: ignore[misc]
+            user = self.current_user  # type: ignore[attr-defined]
+            if user is not None and not self._finished:  # type: ignore[attr-defined]
+                self.caller = self.gateway.jupyter_caller(user.username)
+            return
+        CallContext.set(CallContext.JUPYTER_HANDLER, self)
+        if not self.check_host():  # type: ignore[attr-defined]
+            raise web.HTTPError(403)
+        try:
+            self.caller = self.tokens.verify(token)
+        except TokenError as exc:
+            self.set_status(401)  # type: ignore[attr-defined]
+            self.set_header("WWW-Authenticate", f'Bearer error="invalid_token", error_description="{exc.reason}"')  # type: ignore[attr-defined]
+            self.finish(json.dumps({"error": exc.reason, "message": str(exc)}))  # type: ignore[attr-defined]
+            return
+        self.current_user = self._jupyter_current_user = User(username=self.caller.name)  # type: ignore[attr-defined]
+        self.set_cors_headers()  # type: ignore[attr-defined]
+
+
+class MCPHandler(GatewayAuthMixin, APIHandler):
     """`{base_url}contextlab/mcp`: Jupyter authenticates and authorises, then the MCP SDK answers.
 
     The request is handed to the SDK's streamable-HTTP session manager as an ASGI call, and each
@@ -44,8 +82,10 @@ class MCPHandler(APIHandler):
 
     auth_resource = AUTH_RESOURCE
 
-    def initialize(self, service: ContextService, logger: logging.Logger) -> None:
+    def initialize(self, service: ContextService, tokens: TokenService, logger: logging.Logger) -> None:
         self.service = service
+        self.gateway = service.gateway
+        self.tokens = tokens
         self._logger = logger
         self._disconnected = asyncio.Event()
 
@@ -72,7 +112,9 @@ class MCPHandler(APIHandler):
         await self._bridge()
 
     async def _bridge(self) -> None:
-        user = self.current_user.username
+        caller = self.caller
+        assert caller is not None
+        user = caller.name
         body = self.request.body or b""
         if len(body) > self.service.max_request_bytes:
             self.set_status(413)
@@ -84,21 +126,24 @@ class MCPHandler(APIHandler):
                 )
             )
             return
+        message: Any = None
         if self.request.method == "POST":
-            problem = jsonrpc_body_error(body)
+            message, problem = parse_jsonrpc(body)
             if problem is not None:
                 self.set_status(400)
                 self.finish(_jsonrpc_error(*problem))
                 return
         session_id = self.request.headers.get(_SESSION_HEADER)
-        if session_id is not None:
-            owner = self.service.session_owner(session_id)
-            if owner is not None and owner != user:
-                self.set_status(404)
-                self.finish(_jsonrpc_error(-32600, "Session not found. Start a new session with initialize."))
+        owner = self.service.session_owner(session_id) if session_id is not None else None
+        if owner is not None and owner != user:
+            self.set_status(404)
+            self.finish(_jsonrpc_error(-32600, "Session not found. Start a new session with initialize."))
+            return
+        if message is not None and message.get("method") == "tools/call" and "id" in message:
+            if await self._forward(caller, message, session_id, owner):
                 return
 
-        scope = self._asgi_scope(user)
+        scope = self._asgi_scope(caller)
         sent_body = False
         content_type = "application/json"
 
@@ -147,7 +192,30 @@ class MCPHandler(APIHandler):
                 except StreamClosedError:
                     pass  # the client left; there is no one to finish for
 
-    def _asgi_scope(self, user: str) -> dict[str, Any]:
+    async def _forward(
+        self, caller: Caller, message: dict[str, Any], session_id: str | None, owner: str | None
+    ) -> bool:
+        """The lean path for upstream tools: answer here, without the SDK server. False if it does not apply."""
+        route = self.service.upstream_route((message.get("params") or {}).get("name"))
+        if route is None:
+            return False
+        version = self.request.headers.get("MCP-Protocol-Version")
+        modern = version == MODERN_VERSION
+        if not modern and owner is None:
+            return False  # no live session here: the SDK answers with the proper session error
+        response = await self.service.forward_tool_call(
+            caller, message, route, modern=modern, session_id=session_id, protocol_version=version
+        )
+        self.set_header("Content-Type", "application/json")
+        if session_id is not None:
+            self.set_header(_SESSION_HEADER, session_id)
+        try:
+            self.finish(json.dumps(response, separators=(",", ":")))
+        except StreamClosedError:
+            pass
+        return True
+
+    def _asgi_scope(self, caller: Caller) -> dict[str, Any]:
         request = self.request
         host, _, port = request.host.rpartition(":") if ":" in request.host else (request.host, "", "")
         return {
@@ -164,7 +232,8 @@ class MCPHandler(APIHandler):
             "client": (request.remote_ip or "", 0),
             "server": (host or request.host, int(port) if port.isdigit() else None),
             "state": {},
-            USER_SCOPE_KEY: user,
+            USER_SCOPE_KEY: caller.name,
+            CALLER_SCOPE_KEY: caller,
         }
 
 

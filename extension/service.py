@@ -1,22 +1,25 @@
-"""The MCP server behind the endpoint: providers mounted under namespaced names, every call audited.
+"""The MCP server behind the endpoint: built-in providers and upstream servers behind one gateway.
 
 This module knows the MCP SDK but not Jupyter: the Tornado handler in `handlers.py` hands it
-ASGI requests, with the authenticated Jupyter user in the scope.
+ASGI requests with the authenticated caller in the scope, or — for calls to upstream tools —
+the parsed JSON-RPC message, which `forward_tool_call` answers without the SDK's server stack.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
+from mcp.server.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR, CallToolResult
@@ -25,7 +28,25 @@ from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
 import contextlab
+from contextlab.extension.gateway import (
+    FORBIDDEN,
+    QUARANTINED,
+    RATE_LIMITED,
+    UPSTREAM_UNAVAILABLE,
+    CallNote,
+    Gateway,
+    current_note,
+)
+from contextlab.extension.principals import Caller, ToolTarget
+from contextlab.extension.router import (
+    UPSTREAM_URI_SCHEME,
+    BreakerOpen,
+    Route,
+    Router,
+    parse_upstream_resource_uri,
+)
 from contextlab.extension.subscriptions import CountingBus, ResourceWatcher
+from contextlab.extension.upstreams import MODERN_VERSION, UpstreamError, UpstreamRPCError
 from contextlab.providers.base import Provider
 from contextlab.providers.metrics import RequestStats
 from contextlab.state import AuditEntry, AuditWriter
@@ -33,7 +54,9 @@ from contextlab.state import AuditEntry, AuditWriter
 log = logging.getLogger(__name__)
 
 USER_SCOPE_KEY = "contextlab.user"
-"""ASGI scope key under which the bridge passes the authenticated Jupyter username."""
+"""ASGI scope key under which the bridge passes the authenticated principal's name."""
+CALLER_SCOPE_KEY = "contextlab.caller"
+"""ASGI scope key under which the bridge passes the authenticated `Caller`."""
 
 INSTRUCTIONS = (
     "ContextLab serves the context of a Jupyter workspace. Tools are namespaced by provider: "
@@ -43,15 +66,20 @@ INSTRUCTIONS = (
 )
 
 
-def jsonrpc_body_error(body: bytes) -> tuple[int, str] | None:
-    """A JSON-RPC error (code, message) for a POST body that is not one well-formed message, else None.
+def parse_jsonrpc(body: bytes) -> tuple[Any, tuple[int, str] | None]:
+    """The parsed message, and a JSON-RPC error (code, message) if it is not one well-formed message.
 
     The SDK would reject these too, but with pydantic union dumps; callers deserve one precise line.
     """
     try:
         message = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return PARSE_ERROR, f"Parse error: the body is not valid JSON ({exc})."
+        return None, (PARSE_ERROR, f"Parse error: the body is not valid JSON ({exc}).")
+    return message, jsonrpc_message_error(message)
+
+
+def jsonrpc_message_error(message: Any) -> tuple[int, str] | None:
+    """A JSON-RPC error (code, message) for a parsed body that is not one well-formed message, else None."""
     if isinstance(message, list):
         return (
             INVALID_REQUEST,
@@ -98,6 +126,8 @@ class ContextService:
         *,
         audit: AuditWriter | None,
         stats: RequestStats,
+        gateway: Gateway,
+        router: Router | None = None,
         max_request_bytes: int = 4 * 1024 * 1024,
         session_idle_timeout: float = 1800,
         resource_poll_seconds: float = 2.0,
@@ -105,6 +135,8 @@ class ContextService:
         self.providers = providers
         self.audit = audit
         self.stats = stats
+        self.gateway = gateway
+        self.router = router
         self.max_request_bytes = max_request_bytes
         self.bus = CountingBus()
         self.server = ContextLabMCPServer(
@@ -122,7 +154,7 @@ class ContextService:
         self.manifests = [provider.manifest() for provider in providers]
         self.tool_names = {tool.name for manifest in self.manifests for tool in manifest.tools}
         self.server.middleware.append(self._observe)
-        self.server.middleware.append(self._reject_unknown_tool)
+        self.server.middleware.append(self._govern)
         self.server.middleware.append(self._baseline_on_listen)
         # Jupyter has already checked the Host, the Origin and the credentials by the time a request
         # reaches the SDK, so its own DNS-rebinding allow-list (which only knows localhost) stays off.
@@ -133,9 +165,12 @@ class ContextService:
             session_idle_timeout=session_idle_timeout,
         )
         self._session_owners: OrderedDict[str, str] = OrderedDict()
+        self._legacy_sessions: OrderedDict[str, Any] = OrderedDict()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._watcher_task: asyncio.Task[None] | None = None
+        if router is not None:
+            router.on_catalog_changed.append(self.announce_lists_changed)
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -154,11 +189,15 @@ class ContextService:
         if self._task in done:
             self._task.result()  # re-raises why the session manager could not start
         self._watcher_task = asyncio.create_task(self.watcher.run(), name="contextlab-resource-watcher")
+        if self.router is not None:
+            await self.router.start()
 
     async def stop(self) -> None:
         self._stop.set()
         if self._watcher_task is not None:
             self._watcher_task.cancel()
+        if self.router is not None:
+            await self.router.stop()
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._task, timeout=10)
@@ -183,17 +222,221 @@ class ContextService:
 
     def release_session(self, session_id: str) -> None:
         self._session_owners.pop(session_id, None)
+        self._legacy_sessions.pop(session_id, None)
+
+    def upstream_route(self, name: Any) -> Route | None:
+        """The route of an upstream tool the lean path may forward, or None."""
+        return self.router.routes.get(name) if self.router is not None and isinstance(name, str) else None
+
+    async def forward_tool_call(
+        self,
+        caller: Caller,
+        message: Mapping[str, Any],
+        route: Route,
+        *,
+        modern: bool,
+        session_id: str | None,
+        protocol_version: str | None = None,
+    ) -> dict[str, Any]:
+        """Answer a `tools/call` for an upstream tool: gateway checks, DLP, forward, DLP, audit.
+
+        This is the lean path: the handler has authenticated and parsed the request, and the answer
+        is one JSON-RPC response object (the streamable-HTTP transport allows a JSON response).
+        """
+        assert self.router is not None
+        request_id = message.get("id")
+        params = message.get("params") or {}
+        note = CallNote(caller=caller, upstream=route.upstream.name)
+        token = current_note.set(note)
+        started = time.perf_counter()
+        outcome, code, error = "ok", None, None
+        try:
+            arguments = params.get("arguments") or {}
+            if not isinstance(arguments, dict):
+                raise MCPError(INVALID_PARAMS, '"arguments" must be an object.')
+            self.gateway.admit(caller, route.target)
+            arguments = self.gateway.redact(arguments, "arguments")
+            result = await self._upstream_call(route, caller, arguments)
+            result = self.gateway.redact(result, "results")
+            if result.get("isError"):
+                outcome, error = "tool_error", _first_text(result)
+            response = {"jsonrpc": "2.0", "id": request_id, "result": _era_result(result, modern)}
+        except MCPError as exc:
+            outcome, code, error = _error_outcome(exc), exc.code, exc.message
+            response = {"jsonrpc": "2.0", "id": request_id, "error": exc.error.model_dump(exclude_none=True)}
+        finally:
+            current_note.reset(token)
+        latency_ms = (time.perf_counter() - started) * 1000
+        self.stats.observe("tools/call", outcome, latency_ms)
+        if self.audit is not None:
+            self.audit.record(
+                AuditEntry(
+                    principal=caller.name,
+                    session_id=session_id,
+                    protocol_version=protocol_version or (MODERN_VERSION if modern else None),
+                    method="tools/call",
+                    target=route.target.name,
+                    args_sha256=_args_hash(params.get("arguments")),
+                    latency_ms=round(latency_ms, 3),
+                    outcome=outcome,
+                    error_code=code,
+                    error=error[:2000] if error else None,
+                    decision=note.decision,
+                    redactions=note.redactions,
+                    upstream=note.upstream,
+                )
+            )
+        return response
+
+    async def _upstream_call(self, route: Route, caller: Caller, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        assert self.router is not None
+        try:
+            return await self.router.call_tool(route, caller, arguments)
+        except BreakerOpen as exc:
+            raise MCPError(UPSTREAM_UNAVAILABLE, str(exc), data={"server": exc.server}) from exc
+        except UpstreamError as exc:
+            raise MCPError(
+                UPSTREAM_UNAVAILABLE, f"{exc} The other servers are unaffected.", data={"server": exc.server}
+            ) from exc
+        except UpstreamRPCError as exc:
+            error = exc.error
+            raise MCPError(
+                int(error.get("code", INTERNAL_ERROR)), str(error.get("message", "")), data=error.get("data")
+            ) from exc
+
+    # -- list changes -----------------------------------------------------------------------------
+    def announce_lists_changed(self) -> None:
+        """Tell every client that tools, prompts and resources may have changed."""
+        loop = asyncio.get_running_loop()
+        loop.create_task(self._announce_lists_changed())
+
+    async def _announce_lists_changed(self) -> None:
+        for event in (ToolsListChanged(), PromptsListChanged(), ResourcesListChanged()):
+            await self.bus.publish(event)
+        for session_id, session in list(self._legacy_sessions.items()):
+            try:
+                await session.send_tool_list_changed()
+                await session.send_prompt_list_changed()
+                await session.send_resource_list_changed()
+            except Exception:
+                self._legacy_sessions.pop(session_id, None)
 
     # -- middleware -------------------------------------------------------------------------------
-    async def _reject_unknown_tool(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-        if ctx.method == "tools/call":
-            name = (ctx.params or {}).get("name")
-            if name not in self.tool_names:
-                raise MCPError(
-                    INVALID_PARAMS,
-                    f"Unknown tool {name!r}. Call tools/list to see the tools this server offers.",
+    async def _govern(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        caller = _caller(ctx)
+        if caller is None:
+            return await call_next(ctx)
+        self._remember_session(ctx)
+        method = ctx.method
+        params = ctx.params or {}
+        if method == "tools/list":
+            return await self._list(ctx, call_next, caller, "tools", self._builtin_tool_target, "tools")
+        if method == "prompts/list":
+            return await self._list(ctx, call_next, caller, "prompts", self._builtin_tool_target, "prompts")
+        if method == "resources/list":
+            return await self._list(ctx, call_next, caller, "resources", None, "resources")
+        if method == "tools/call":
+            return await self._call_tool(ctx, call_next, caller, params)
+        if method == "prompts/get":
+            name = params.get("name")
+            if self.router is not None and name in self.router.prompt_routes:
+                upstream, _ = self.router.prompt_routes[name]
+                target = ToolTarget(name, upstream.name, name, upstream=True, attributes=upstream.attributes)
+                self.gateway.admit(caller, target, kind="prompt")
+                _note_upstream(upstream.name)
+                try:
+                    result = await self.router.get_prompt(name, caller, params.get("arguments") or {})
+                except (UpstreamError, BreakerOpen) as exc:
+                    raise MCPError(UPSTREAM_UNAVAILABLE, str(exc)) from exc
+                return _era_result(self.gateway.redact(result, "results"), _is_modern(ctx))
+        if method == "resources/read":
+            uri = str(params.get("uri", ""))
+            if self.router is not None and uri.startswith(UPSTREAM_URI_SCHEME + "://"):
+                try:
+                    server, original = parse_upstream_resource_uri(uri)
+                    upstream = self.router.upstreams[server]
+                except KeyError:
+                    raise MCPError(INVALID_PARAMS, f"Unknown resource {uri!r}. Call resources/list.") from None
+                self.gateway.admit(
+                    caller,
+                    ToolTarget(uri, server, original, upstream=True, attributes=upstream.attributes),
+                    kind="resource",
                 )
+                _note_upstream(server)
+                try:
+                    result, _target = await self.router.read_resource(uri, caller)
+                except (UpstreamError, BreakerOpen) as exc:
+                    raise MCPError(UPSTREAM_UNAVAILABLE, str(exc)) from exc
+                return _era_result(self.gateway.redact(result, "results"), _is_modern(ctx))
         return await call_next(ctx)
+
+    async def _list(
+        self,
+        ctx: ServerRequestContext[Any, Any],
+        call_next: CallNext,
+        caller: Caller,
+        key: str,
+        builtin_target: Any,
+        upstream_kind: str,
+    ) -> HandlerResult:
+        result = await call_next(ctx)
+        data = _as_dict(result)
+        items = data.get(key) or []
+        if builtin_target is not None:
+            items = self.gateway.visible(caller, ((item, builtin_target(item["name"])) for item in items))
+        if self.router is not None:
+            await self.router.refresh()
+            upstream = getattr(self.router, upstream_kind)()
+            items = items + self.gateway.visible(caller, upstream)
+        data[key] = items
+        return data
+
+    def _builtin_tool_target(self, name: str) -> ToolTarget:
+        return self.gateway.builtin_target(name)
+
+    async def _call_tool(
+        self, ctx: ServerRequestContext[Any, Any], call_next: CallNext, caller: Caller, params: Mapping[str, Any]
+    ) -> HandlerResult:
+        name = params.get("name")
+        route = self.upstream_route(name)
+        if route is not None:
+            response = await self.forward_tool_call(
+                caller, {"id": ctx.request_id, "params": params}, route, modern=_is_modern(ctx), session_id=None
+            )
+            if "error" in response:
+                error = response["error"]
+                raise MCPError(error["code"], error["message"], data=error.get("data"))
+            return response["result"]
+        if name not in self.tool_names:
+            if self.router is not None and isinstance(name, str) and self.router.quarantined(name):
+                raise MCPError(
+                    QUARANTINED,
+                    f"Tool {name!r} is quarantined: its description looks like tool poisoning. An admin can "
+                    "review it with `contextlab registry reviews` and approve it with `contextlab registry approve`.",
+                )
+            raise MCPError(
+                INVALID_PARAMS, f"Unknown tool {name!r}. Call tools/list to see the tools this server offers."
+            )
+        self.gateway.admit(caller, self.gateway.builtin_target(name))
+        arguments = params.get("arguments")
+        if isinstance(arguments, dict) and "arguments" in self.gateway.policy.policy.dlp.apply_to:
+            redacted = self.gateway.redact(arguments, "arguments")
+            if redacted is not arguments:
+                ctx = dataclasses.replace(ctx, params={**params, "arguments": redacted})
+        result = await call_next(ctx)
+        if "results" not in self.gateway.policy.policy.dlp.apply_to:
+            return result
+        data = _as_dict(result)
+        redacted = self.gateway.redact(data, "results")
+        return result if redacted is data else redacted
+
+    def _remember_session(self, ctx: ServerRequestContext[Any, Any]) -> None:
+        request = ctx.request
+        session_id = request.headers.get("mcp-session-id") if request is not None else None
+        if session_id and session_id not in self._legacy_sessions:
+            self._legacy_sessions[session_id] = ctx.session
+            while len(self._legacy_sessions) > 10_000:
+                self._legacy_sessions.popitem(last=False)
 
     async def _baseline_on_listen(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         # A change right after a client starts listening must be compared with the state it saw.
@@ -206,13 +449,15 @@ class ContextService:
             return await call_next(ctx)
         started = time.perf_counter()
         outcome, code, error = "ok", None, None
+        note = CallNote(caller=_caller(ctx))
+        token = current_note.set(note)
         try:
             result = await call_next(ctx)
             if _is_tool_error(result):
                 outcome, error = "tool_error", _first_text(result)
             return result
         except MCPError as exc:
-            outcome, code, error = "error", exc.code, exc.message
+            outcome, code, error = _error_outcome(exc), exc.code, exc.message
             raise
         except ValidationError as exc:
             outcome, code, error = "error", INVALID_PARAMS, str(exc)
@@ -221,22 +466,71 @@ class ContextService:
             outcome, code, error = "error", INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"
             raise
         finally:
+            current_note.reset(token)
             latency_ms = (time.perf_counter() - started) * 1000
             self.stats.observe(ctx.method, outcome, latency_ms)
-            if self.audit is not None:
-                self.audit.record(_audit_entry(ctx, outcome, code, error, latency_ms))
+            # An upstream tools/call forwarded from inside the SDK path audits itself.
+            if self.audit is not None and not (note.upstream and ctx.method == "tools/call"):
+                self.audit.record(_audit_entry(ctx, outcome, code, error, latency_ms, note))
+
+
+def _error_outcome(exc: MCPError) -> str:
+    return "denied" if exc.code in (FORBIDDEN, RATE_LIMITED, QUARANTINED) else "error"
+
+
+def _caller(ctx: ServerRequestContext[Any, Any]) -> Caller | None:
+    scope = getattr(ctx.request, "scope", None) or {}
+    return scope.get(CALLER_SCOPE_KEY)
+
+
+def _note_upstream(server: str) -> None:
+    note = current_note.get()
+    if note is not None:
+        note.upstream = server
+
+
+def _is_modern(ctx: ServerRequestContext[Any, Any]) -> bool:
+    return ctx.protocol_version == MODERN_VERSION
+
+
+def _era_result(result: Mapping[str, Any], modern: bool) -> dict[str, Any]:
+    """An upstream result shaped for the caller's protocol era (resultType only on 2026-07-28)."""
+    out = {k: v for k, v in result.items() if k != "resultType"}
+    meta = out.get("_meta")
+    if isinstance(meta, dict) and "io.modelcontextprotocol/serverInfo" in meta:
+        meta = {k: v for k, v in meta.items() if k != "io.modelcontextprotocol/serverInfo"}
+        if meta:
+            out["_meta"] = meta
+        else:
+            out.pop("_meta")
+    if modern:
+        out["resultType"] = "complete"
+    return out
+
+
+def _as_dict(result: HandlerResult) -> dict[str, Any]:
+    if isinstance(result, dict):
+        return dict(result)
+    return result.model_dump(by_alias=True, exclude_none=True, mode="json")  # type: ignore[union-attr]
+
+
+def _args_hash(arguments: Any) -> str:
+    return hashlib.sha256(json.dumps(arguments or {}, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _audit_entry(
-    ctx: ServerRequestContext[Any, Any], outcome: str, code: int | None, error: str | None, latency_ms: float
+    ctx: ServerRequestContext[Any, Any],
+    outcome: str,
+    code: int | None,
+    error: str | None,
+    latency_ms: float,
+    note: CallNote,
 ) -> AuditEntry:
     params = ctx.params or {}
     target = args_hash = None
     if ctx.method == "tools/call":
         target = params.get("name")
-        args_hash = hashlib.sha256(
-            json.dumps(params.get("arguments") or {}, sort_keys=True, default=str).encode()
-        ).hexdigest()
+        args_hash = _args_hash(params.get("arguments"))
     elif ctx.method == "prompts/get":
         target = params.get("name")
     elif ctx.method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):
@@ -257,6 +551,9 @@ def _audit_entry(
         outcome=outcome,
         error_code=code,
         error=error[:2000] if error else None,
+        decision=note.decision,
+        redactions=note.redactions,
+        upstream=note.upstream,
     )
 
 

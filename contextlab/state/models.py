@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, Float, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -42,5 +42,71 @@ class AuditRecord(Base):
     outcome: Mapped[str] = mapped_column(String(32))
     error_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    decision: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    redactions: Mapped[int] = mapped_column(Integer, default=0)
+    upstream: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     __table_args__ = (Index("ix_audit_log_target_ts", "target", "ts"),)
+
+
+class UpstreamServerRow(Base):
+    """An upstream MCP server registered with the gateway. Secret values live only in `secrets` (Fernet)."""
+
+    __tablename__ = "upstream_servers"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    transport: Mapped[str] = mapped_column(String(16))
+    command: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    secrets: Mapped[str | None] = mapped_column(Text, nullable=True)
+    secret_names: Mapped[dict] = mapped_column(JSON, default=dict)
+    timeout_seconds: Mapped[float] = mapped_column(Float, default=30.0)
+    attributes: Mapped[dict] = mapped_column(JSON, default=dict)
+    options: Mapped[dict] = mapped_column(JSON, default=dict)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    source: Mapped[str] = mapped_column(String(32), default="api")
+    health: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ApiTokenRow(Base):
+    """A ContextLab API token. Only the SHA-256 of the secret is kept."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list] = mapped_column(JSON, default=list)
+    attributes: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class EventRecord(Base):
+    """The events outbox: every published event, in order, so subscribers can resume by id."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    topic: Mapped[str] = mapped_column(String(128), index=True)
+    tenant: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    payload: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class ToolReviewRow(Base):
+    """An upstream tool whose description was flagged as possible tool poisoning, and its review."""
+
+    __tablename__ = "tool_reviews"
+
+    server: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tool: Mapped[str] = mapped_column(String(256), primary_key=True)
+    description_sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    findings: Mapped[list] = mapped_column(JSON, default=list)
+    reviewer: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

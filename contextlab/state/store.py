@@ -43,6 +43,9 @@ class AuditEntry:
     protocol_version: str | None = None
     error_code: int | None = None
     error: str | None = None
+    decision: str | None = None
+    redactions: int = 0
+    upstream: str | None = None
     ts: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -88,13 +91,28 @@ class StateStore:
         with self.engine.begin() as connection:
             connection.execute(insert(AuditRecord), [asdict(entry) for entry in entries])
 
-    def audit(self, *, target: str | None = None, method: str | None = None, limit: int = 100) -> list[dict]:
-        """The newest audit rows first, optionally for one tool (`target`) or one MCP method."""
+    def audit(
+        self,
+        *,
+        target: str | None = None,
+        method: str | None = None,
+        outcome: str | None = None,
+        principal: str | None = None,
+        since: datetime | None = None,
+        limit: int = 100,
+    ) -> list[dict]:
+        """The newest audit rows first, filtered by tool (`target`), MCP method, outcome, principal or age."""
         query = select(AuditRecord).order_by(AuditRecord.id.desc()).limit(limit)
-        if target is not None:
-            query = query.where(AuditRecord.target == target)
-        if method is not None:
-            query = query.where(AuditRecord.method == method)
+        for column, value in (
+            (AuditRecord.target, target),
+            (AuditRecord.method, method),
+            (AuditRecord.outcome, outcome),
+            (AuditRecord.principal, principal),
+        ):
+            if value is not None:
+                query = query.where(column == value)
+        if since is not None:
+            query = query.where(AuditRecord.ts >= since)
         with Session(self.engine) as session:
             return [_row_dict(row) for row in session.scalars(query)]
 

@@ -16,9 +16,11 @@ def test_migrations_create_the_tables_and_are_idempotent(tmp_path):
     store.migrate()
     store.migrate()
     inspector = sa.inspect(store.engine)
-    assert {"provider_manifests", "audit_log", "alembic_version"} <= set(inspector.get_table_names())
+    assert {"provider_manifests", "audit_log", "alembic_version", "upstream_servers", "api_tokens", "events"} <= set(
+        inspector.get_table_names()
+    )
     with store.engine.connect() as con:
-        assert con.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert con.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0002"
     store.close()
 
 

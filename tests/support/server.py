@@ -80,6 +80,7 @@ def isolated_env(home: Path) -> dict[str, str]:
     env.update(
         JUPYTER_CONFIG_DIR=str(home / "config"),
         JUPYTER_RUNTIME_DIR=str(home / "runtime"),
+        JUPYTER_DATA_DIR=str(home / "data"),
         JUPYTER_PLATFORM_DIRS="1",
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")])),
         PYTHONUNBUFFERED="1",
@@ -133,8 +134,10 @@ def wait_until_ready(server: JupyterServer, timeout: float = 60) -> None:
 
 @contextlib.asynccontextmanager
 async def mcp_session(url: str, token: str | None, mode: str = "auto", **client_kwargs: Any) -> AsyncIterator[Client]:
-    """The official MCP client over streamable HTTP, authenticated with a Jupyter token."""
-    headers = {"Authorization": f"token {token}"} if token else {}
+    """The official MCP client over streamable HTTP, with a Jupyter token or a ContextLab API token (cl_…)."""
+    headers = {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}" if token.startswith("cl_") else f"token {token}"
     async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(60)) as http:
         async with Client(streamable_http_client(url, http_client=http), mode=mode, **client_kwargs) as client:
             yield client

@@ -1,0 +1,341 @@
+"""Thin REST handlers for the gateway's admin API: registry, tokens, audit, policy and tool reviews.
+
+Each handler parses, calls a service and serialises; `openapi.yaml` beside this module documents
+them. Only admins (Jupyter users with the Owner/Admin role, or tokens with the `admin` scope) may
+use them.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from pydantic import ValidationError
+from tornado import web
+
+from contextlab.extension.events import EventBus
+from contextlab.extension.gateway import Gateway
+from contextlab.extension.handlers import AUTH_RESOURCE, GatewayAuthMixin
+from contextlab.extension.registry import Registry, RegistryError, UpstreamSpec, parse_manifest
+from contextlab.extension.router import Router, ToolReviews
+from contextlab.extension.service import ContextService
+from contextlab.extension.sse import EventsHandler
+from contextlab.extension.tokens import TokenRecord, TokenService, parse_expires
+from contextlab.state import StateStore
+
+ADMIN_SCOPE = "admin"
+
+
+class AdminHandler(GatewayAuthMixin, APIHandler):
+    auth_resource = AUTH_RESOURCE
+
+    def initialize(self, service: ContextService, tokens: TokenService, store: StateStore, **extra: Any) -> None:
+        self.service = service
+        self.gateway = service.gateway
+        self.tokens = tokens
+        self.store = store
+        self.extra = extra
+
+    @property
+    def registry(self) -> Registry:
+        return self.extra["registry"]
+
+    @property
+    def router(self) -> Router:
+        return self.extra["router"]
+
+    @property
+    def reviews(self) -> ToolReviews:
+        return self.extra["reviews"]
+
+    def require_admin(self) -> None:
+        caller = self.caller
+        # `admin` must be granted by name: a `*` scope covers tools, not the admin API.
+        if caller is None or not (caller.is_admin or ADMIN_SCOPE in caller.scopes):
+            raise web.HTTPError(403, "This API needs an admin: the Owner/Admin role or a token with the 'admin' scope.")
+
+    def json_body(self) -> Any:
+        try:
+            return json.loads(self.request.body or b"null")
+        except ValueError as exc:
+            raise web.HTTPError(400, f"The body is not valid JSON: {exc}") from exc
+
+    def reply(self, value: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(value, default=str))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = getattr(exc, "log_message", None) or self._reason
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": message, "status": status_code}))
+
+    def fail(self, exc: RegistryError) -> None:
+        self.reply({"error": str(exc), "status": exc.status}, exc.status)
+
+
+class RegistryListHandler(AdminHandler):
+    """`GET` lists the upstream servers; `POST` registers one (JSON body = a manifest entry)."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.require_admin()
+        self.reply({"servers": self.registry.list()})
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        self.require_admin()
+        body = self.json_body()
+        try:
+            spec = UpstreamSpec.model_validate(body)
+        except ValidationError as exc:
+            self.fail(RegistryError(_validation_message(exc), 422))
+            return
+        try:
+            record = self.registry.add(spec, source=self.get_query_argument("source", "api"))
+        except RegistryError as exc:
+            self.fail(exc)
+            return
+        self.reply(record, 201)
+
+
+class RegistryItemHandler(AdminHandler):
+    """`GET`, `PATCH` (partial update) and `DELETE` one upstream server."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, name: str) -> None:
+        self.require_admin()
+        try:
+            record = self.registry.get(name)
+        except RegistryError as exc:
+            self.fail(exc)
+            return
+        upstream = self.router.upstreams.get(name)
+        catalog = upstream.catalog if upstream else None
+        record["breaker"] = upstream.breaker.state if upstream else None
+        record["catalog_error"] = upstream.catalog_error if upstream else None
+        record["tools"] = [f"{name}__{t['name']}" for t in catalog.tools] if catalog else []
+        record["rejected_tools"] = catalog.rejected if catalog else []
+        record["quarantined_tools"] = catalog.quarantined if catalog else []
+        self.reply(record)
+
+    @web.authenticated
+    @authorized
+    async def patch(self, name: str) -> None:
+        self.require_admin()
+        body = self.json_body()
+        if not isinstance(body, dict):
+            self.fail(RegistryError("The body must be a JSON object of the fields to change.", 400))
+            return
+        try:
+            self.reply(self.registry.update(name, body))
+        except RegistryError as exc:
+            self.fail(exc)
+
+    @web.authenticated
+    @authorized
+    async def delete(self, name: str) -> None:
+        self.require_admin()
+        try:
+            self.registry.remove(name)
+        except RegistryError as exc:
+            self.fail(exc)
+            return
+        self.set_status(204)
+        self.finish()
+
+
+class RegistryActionHandler(AdminHandler):
+    """`POST …/{name}/enable`, `…/disable` and `…/health`."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, name: str, action: str) -> None:
+        self.require_admin()
+        try:
+            if action in ("enable", "disable"):
+                self.reply(self.registry.set_enabled(name, action == "enable"))
+                return
+            self.registry.get(name)
+        except RegistryError as exc:
+            self.fail(exc)
+            return
+        if name not in self.router.upstreams:
+            self.fail(RegistryError(f"{name!r} is disabled; enable it to check its health.", 409))
+            return
+        health = await self.router.check_health([name])
+        await self.router.refresh(force=True)
+        self.reply(health[name])
+
+
+class RegistryHealthHandler(AdminHandler):
+    """`POST` checks every enabled upstream now."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        self.require_admin()
+        self.reply(await self.router.check_health())
+
+
+class RegistryManifestHandler(AdminHandler):
+    """`POST` applies a manifest (YAML or JSON body) and returns what was added, updated, unchanged."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        self.require_admin()
+        text = (self.request.body or b"").decode("utf-8", "replace")
+        try:
+            specs = parse_manifest(text, source=self.get_query_argument("source", "<request body>"))
+            self.reply(self.registry.apply_manifest(specs))
+        except RegistryError as exc:
+            self.fail(exc)
+
+
+class ReviewsHandler(AdminHandler):
+    """`GET` the tool-poisoning reviews; `POST …/{server}/{tool}/approve` releases a quarantined tool."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.require_admin()
+        self.reply({"reviews": self.reviews.list(self.get_query_argument("status", None))})
+
+    @web.authenticated
+    @authorized
+    async def post(self, server: str, tool: str) -> None:
+        self.require_admin()
+        try:
+            review = self.reviews.approve(server, tool, reviewer=self.caller.name if self.caller else "?")
+        except KeyError as exc:
+            self.fail(RegistryError(str(exc.args[0]), 404))
+            return
+        await self.router.refresh(force=True)
+        self.reply(review)
+
+
+class TokensHandler(AdminHandler):
+    """`GET` lists tokens (never their secrets); `POST` creates one and returns its secret once."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.require_admin()
+        include = self.get_query_argument("all", "0") in ("1", "true")
+        self.reply({"tokens": [_token_dict(t) for t in self.tokens.list(include_revoked=include)]})
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        self.require_admin()
+        body = self.json_body()
+        if not isinstance(body, dict) or not body.get("name"):
+            self.fail(RegistryError('The body needs at least {"name": ..., "scopes": [...]}.', 400))
+            return
+        try:
+            expires = parse_expires(str(body["expires"])) if body.get("expires") else None
+            secret, record = self.tokens.create(
+                str(body["name"]), body.get("scopes") or [], expires_in=expires, attributes=body.get("attributes")
+            )
+        except ValueError as exc:
+            self.fail(RegistryError(str(exc), 422))
+            return
+        self.reply({"token": secret, **_token_dict(record)}, 201)
+
+    @web.authenticated
+    @authorized
+    async def delete(self, token_id: str) -> None:
+        self.require_admin()
+        try:
+            record = self.tokens.revoke(token_id)
+        except KeyError:
+            self.fail(RegistryError(f"No token with id {token_id!r}.", 404))
+            return
+        self.reply(_token_dict(record))
+
+
+class AuditHandler(AdminHandler):
+    """`GET ?since=1h&tool=sql__query&outcome=denied&principal=alice&limit=100`, newest first."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.require_admin()
+        since = self.get_query_argument("since", None)
+        try:
+            since_ts = datetime.now(UTC) - parse_since(since) if since else None
+            limit = int(self.get_query_argument("limit", "100"))
+        except ValueError as exc:
+            self.fail(RegistryError(str(exc), 400))
+            return
+        if self.get_query_argument("flush", "0") in ("1", "true") and self.service.audit is not None:
+            self.service.audit.flush()
+        rows = self.store.audit(
+            target=self.get_query_argument("tool", None),
+            method=self.get_query_argument("method", None),
+            outcome=self.get_query_argument("outcome", None),
+            principal=self.get_query_argument("principal", None),
+            since=since_ts,
+            limit=max(1, min(limit, 10_000)),
+        )
+        self.reply({"entries": rows})
+
+
+class PolicyHandler(AdminHandler):
+    """`GET` the policy in force (and the last load error); `POST …/reload` re-reads the file now."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.require_admin()
+        self.reply(self.gateway.policy.status())
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        self.require_admin()
+        loaded = self.gateway.policy.reload(force=True)
+        self.reply({"reloaded": loaded, **self.gateway.policy.status()}, 200 if loaded else 422)
+
+
+def parse_since(text: str) -> timedelta:
+    """`90s`, `15m`, `1h`, `7d`, `2w` → a timedelta."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    text = text.strip().lower()
+    if len(text) < 2 or text[-1] not in units or not text[:-1].isdigit():
+        raise ValueError(f"Cannot read the duration {text!r}; use a number and a unit: 90s, 15m, 1h, 7d, 2w.")
+    return timedelta(seconds=int(text[:-1]) * units[text[-1]])
+
+
+def _token_dict(record: TokenRecord) -> dict[str, Any]:
+    return record.to_dict()
+
+
+def _validation_message(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}" for e in exc.errors())
+
+
+class EventsStreamHandler(GatewayAuthMixin, EventsHandler):
+    """`{base_url}contextlab/api/events` as SSE, for Jupyter users and API tokens alike.
+
+    Jupyter users and admins see every tenant's events; a token sees its own tenant's and global ones.
+    """
+
+    def initialize(self, bus: EventBus, tokens: TokenService, gateway: Gateway, heartbeat: float = 15.0) -> None:
+        super().initialize(bus=bus, tenant_of=self._tenant, heartbeat=heartbeat)
+        self.tokens = tokens
+        self.gateway = gateway
+
+    def _tenant(self, _handler: Any) -> str | None:
+        caller = self.caller
+        if caller is None or caller.kind == "jupyter" or caller.is_admin:
+            return None
+        return caller.tenant
