@@ -14,6 +14,7 @@ machine. Prints one JSON document with `added_p50_ms_c1`, `added_p99_ms_c1` and
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -31,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.endpoint_latency import measure  # noqa: E402
-from tests.support.server import free_port, start_server  # noqa: E402
+from tests.support.server import free_port, mcp_session, start_server  # noqa: E402
 
 POLICY = """
 version: 1
@@ -60,6 +61,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="Concurrent clients.")
     parser.add_argument("--mode", default="auto", choices=["auto", "legacy"], help="The clients' protocol era.")
     parser.add_argument("--pin", action="store_true", help="Pin servers to CPU 0 and clients to the others.")
+    parser.add_argument(
+        "--paths", nargs="+", default=["direct", "gateway"], choices=["direct", "gateway"], help="What to measure."
+    )
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="contextlab-router-bench-"))
@@ -102,6 +106,7 @@ def main() -> None:
         )
         response.raise_for_status()
         token = response.json()["token"]
+        asyncio.run(_check(server.mcp_url, token, args.mode))
         pids = {"direct": upstream.pid, "gateway": server.process.pid}
         client_cpus: set[int] = set()
         if args.pin:
@@ -109,7 +114,11 @@ def main() -> None:
             client_cpus = set(cpus[1:]) or set(cpus)
             for pid in pids.values():
                 os.sched_setaffinity(pid, {cpus[0]})
-        scenarios = [("direct", direct_url, None, "echo"), ("gateway", server.mcp_url, token, "demo__echo")]
+        scenarios = [
+            s
+            for s in [("direct", direct_url, None, "echo"), ("gateway", server.mcp_url, token, "demo__echo")]
+            if s[0] in args.paths
+        ]
         for clients in args.clients:
             for target, url, auth, tool in scenarios:
                 process = psutil.Process(pids[target])
@@ -131,7 +140,7 @@ def main() -> None:
         return next(r for r in results if r["path"] == path and r["clients"] == clients)
 
     summary: dict[str, Any] = {}
-    for clients in args.clients:
+    for clients in args.clients if len(args.paths) == 2 else []:
         direct, gateway = find("direct", clients), find("gateway", clients)
         summary[f"added_p50_ms_c{clients}"] = round(gateway["p50_ms"] - direct["p50_ms"], 2)
         summary[f"added_p99_ms_c{clients}"] = round(gateway["p99_ms"] - direct["p99_ms"], 2)
@@ -151,6 +160,14 @@ def main() -> None:
         }
     )
     print(json.dumps(summary, indent=2))
+
+
+async def _check(url: str, token: str, mode: str) -> None:
+    """One governed call before measuring, so a misconfiguration fails loudly instead of hanging workers."""
+    async with mcp_session(url, token, mode) as client:
+        result = await asyncio.wait_for(client.call_tool("demo__echo", {"text": TEXT}), 30)
+        if result.is_error or result.content[0].text != TEXT:
+            raise RuntimeError(f"gateway check failed: {result}")
 
 
 def _wait_for(url: str) -> None:

@@ -33,6 +33,7 @@ MAX_FINDINGS = 50
 # The parts of a tool definition that are scanned and fingerprinted.
 SCANNED_FIELDS = ("name", "title", "description", "inputSchema", "outputSchema", "annotations")
 _MAX_DEPTH = 64  # deeper schema nesting is not walked (and is itself reported)
+_MAX_TEXT = 65536  # longer texts are reported and only their start is scanned
 
 
 @dataclass(frozen=True)
@@ -201,8 +202,8 @@ _NOT_A_NAME = r"(?!(?:the|a|an|this|that|these|each|every|any|same|current|its|o
 _TOOL_NAME = rf"{_QUOTE}{_NOT_A_NAME}(?P<tool>[\w.:/-]+){_QUOTE}"
 
 _SENSITIVE_FILE = (
-    r"(?:~?/?(?:[\w.-]+/)*\.ssh\b(?:/[\w.-]+)?|\bid_(?:rsa|dsa|ecdsa|ed25519)\b(?:\.pub)?|(?<![\w.])\.env\b"
-    r"|[\w./~-]*\bmcp\.json\b|\bclaude_desktop_config\.json\b|\.aws/credentials\b|\.git-credentials\b"
+    r"(?:~?/?(?:[\w.-]{1,64}/){0,12}\.ssh\b(?:/[\w.-]+)?|\bid_(?:rsa|dsa|ecdsa|ed25519)\b(?:\.pub)?|(?<![\w.])\.env\b"
+    r"|[\w./~-]{0,200}\bmcp\.json\b|\bclaude_desktop_config\.json\b|\.aws/credentials\b|\.git-credentials\b"
     r"|\bcredentials\.json\b|(?<![\w.])\.(?:netrc|npmrc|pypirc|pgpass)\b|/etc/(?:passwd|shadow)\b|\.kube/config\b"
     r"|\.docker/config\.json\b|\.(?:bash|zsh)_history\b|\bwallet\.dat\b|\.gnupg\b)"
 )
@@ -210,7 +211,11 @@ _SECRETS = (
     r"(?:credentials|api[\s_-]?keys?|secrets|passwords|private[\s_-]keys?|access[\s_-]tokens?|auth[\s_-]tokens?"
     r"|session[\s_-](?:tokens?|cookies)|cookies|ssh[\s_-]keys?|environment\s+variables|env\s+vars)\b"
 )
-_OWNER = r"(?:(?:the|all|any|every|their|its|your|user'?s|users'|saved|stored|cached|local|private|\w+'s)\s+){0,3}"
+# Whose secrets: "the user's", "all", "saved"... ("pass the API key in a header" is ordinary usage).
+_OWNER = (
+    r"(?:(?:the|its|their)\s+)?(?:all|any|every|your|user'?s|users'|saved|stored|cached|local)\s+"
+    r"(?:(?:the|saved|stored|cached|local|private|\w+'s)\s+){0,2}"
+)
 
 # (kind, what it means, pattern). A `tool` or `tool_id` group must name a tool other than the scanned one.
 _PHRASES: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
@@ -242,13 +247,25 @@ _PHRASES: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
             r"\byou\s+are\s+now\s+(?:a|an|the|my|acting|operating|no\s+longer|free|unrestricted|jailbroken|dan"
             r"|in\s+(?:[\w-]+\s+){0,2}mode)\b",
         ),
-        ("instruction_override", "announces new instructions", r"\b(?:new|updated|revised|real|actual|true|override"
-         r"|secret|hidden)\s+(?:system\s+)?instructions?\s*:"),
+        (
+            "instruction_override",
+            "announces new instructions",
+            r"\b(?:new|updated|revised|real|actual|true|override"
+            r"|secret|hidden)\s+(?:system\s+)?instructions?\s*:",
+        ),
         ("instruction_override", "mentions the system prompt", r"\bsystem\s+prompt\b"),
-        ("instruction_override", "redefines the model's behaviour", r"\b(?:from\s+now\s+on|henceforth),?\s+"
-         r"(?:you|the\s+(?:assistant|model|ai))\b"),
-        ("instruction_override", "contains a chat-template role marker", r"<\|(?:im_start|im_end|system|endoftext"
-         r"|start_header_id|end_header_id|eot_id)\|>|\[/?INST\]|<</?SYS>>"),
+        (
+            "instruction_override",
+            "redefines the model's behaviour",
+            r"\b(?:from\s+now\s+on|henceforth),?\s+"
+            r"(?:you|the\s+(?:assistant|model|ai))\b",
+        ),
+        (
+            "instruction_override",
+            "contains a chat-template role marker",
+            r"<\|(?:im_start|im_end|system|endoftext"
+            r"|start_header_id|end_header_id|eot_id)\|>|\[/?INST\]|<</?SYS>>",
+        ),
         (
             "hidden_directive",
             "has a block addressed to the model",
@@ -259,9 +276,10 @@ _PHRASES: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
         (
             "hidden_directive",
             "tells the model to keep something from the user",
-            r"\b(?:do\s+not|don'?t|never|must\s+not|should\s+not|shouldn'?t|without)\s+"
-            r"(?:tell(?:ing)?|mention(?:ing)?|inform(?:ing)?|notify(?:ing)?|alert(?:ing)?|warn(?:ing)?"
-            r"|let(?:ting)?)\s+(?:(?:this|that|it|anything|them)\s+)?(?:to\s+)?(?:the\s+)?users?\b",
+            r"\b(?:(?:do\s+not|don'?t|never|must\s+not|should\s+not|shouldn'?t)\s+(?:tell|mention|inform|notify"
+            r"|alert|warn)|without\s+(?:telling|mentioning|informing|notifying))\s+"
+            r"(?:(?:this|that|it|anything|them)\s+)?(?:to\s+)?(?:the\s+)?users?\b"
+            r"|\b(?:do\s+not|don'?t|never|without)\s+let(?:ting)?\s+(?:the\s+)?users?\s+(?:know|see|notice)\b",
         ),
         (
             "hidden_directive",
@@ -299,15 +317,32 @@ _PHRASES: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
             rf"(?:(?:full|entire|complete|whole)\s+)?contents?\s+of\b){_GAP}\bas\s+(?:the\s+)?"
             r"(?:['\"`][\w-]+['\"`]|[\w-]+\s+(?:parameter|argument|param|field))",
         ),
-        ("exfiltration", "asks to send credentials", rf"\b(?:send|pass|include|upload|forward|post|leak|exfiltrate"
-         rf"|share|attach|append|embed|copy|transmit|reveal|disclose)\s+{_OWNER}{_SECRETS}"),
-        ("exfiltration", "asks to send data to a URL", rf"\b(?:send|post|upload|forward|transmit|exfiltrate|leak"
-         rf"|beacon|log|sync|mirror|copy)\b{_GAP}\bto\s+(?:the\s+(?:url|endpoint|server|webhook)\s+)?(?:https?://|\d{{1,3}}(?:\.\d{{1,3}}){{3}})"),
-        ("exfiltration", "redirects messages to a fixed address", rf"\b(?:send|forward|redirect|bcc|cc|route)\b{_GAP}"
-         r"\bto\s+[\w.+-]+@[\w-]+(?:\.[\w-]+)+"),
-        ("exfiltration", "redirects messages to a fixed address", r"\b(?:change|rewrite|replace|set|override"
-         r"|redirect)\s+(?:the\s+|every\s+|each\s+)?(?:recipients?|destination|to[\s_-]address|target\s+(?:number"
-         r"|address))\s+to\s+\S"),
+        (
+            "exfiltration",
+            "asks to send credentials",
+            rf"\b(?:send|pass|include|upload|forward|post|share|attach"
+            rf"|append|embed|copy|transmit|reveal|disclose)\s+{_OWNER}{_SECRETS}|\b(?:exfiltrate|leak|steal|harvest)\s+"
+            rf"(?:\S+\s+){{0,3}}?{_SECRETS}",
+        ),
+        (
+            "exfiltration",
+            "asks to send data to a URL",
+            rf"\b(?:send|post|upload|forward|transmit|exfiltrate|leak"
+            rf"|beacon|log|sync|mirror|copy)\b{_GAP}\bto\s+(?:the\s+(?:url|endpoint|server|webhook)\s+)?(?:https?://|\d{{1,3}}(?:\.\d{{1,3}}){{3}})",
+        ),
+        (
+            "exfiltration",
+            "redirects messages to a fixed address",
+            rf"\b(?:send|forward|redirect|bcc|cc|route)\b{_GAP}"
+            r"\bto\s+[\w.+-]+@[\w-]+(?:\.[\w-]+)+",
+        ),
+        (
+            "exfiltration",
+            "redirects messages to a fixed address",
+            r"\b(?:change|rewrite|replace|set|override"
+            r"|redirect)\s+(?:the\s+|every\s+|each\s+)?(?:recipients?|destination|to[\s_-]address|target\s+(?:number"
+            r"|address))\s+to\s+\S",
+        ),
         ("exfiltration", "renders a remote image (an exfiltration channel)", r"!\[[^\]\n]{0,200}\]\(\s*https?://"),
         (
             "cross_tool",
@@ -334,8 +369,12 @@ _PHRASES: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
             rf"\b(?:when(?:ever)?|any\s*time|each\s+time|every\s+time)\s+(?:the\s+)?(?:{_TOOL_NAME}\s+tool"
             rf"|{_QUOTE}(?P<tool_id>[\w:/-]*[_.][\w.:/-]*){_QUOTE})\s+is\s+(?:called|invoked|used|run|executed)\b",
         ),
-        ("cross_tool", "steers the model away from other tools", r"\binstead\s+of\s+(?:calling|using|invoking"
-         r"|running)\s+(?:\S+\s+){0,4}?tools?\b"),
+        (
+            "cross_tool",
+            "steers the model away from other tools",
+            r"\binstead\s+of\s+(?:calling|using|invoking"
+            r"|running)\s+(?:\S+\s+){0,4}?tools?\b",
+        ),
         (
             "cross_tool",
             "gives orders about other tools",
@@ -355,6 +394,9 @@ def _scan_text(where: str, text: str | None, own_name: str, decoded: bool = Fals
     if text is None:
         yield Finding("obfuscation", f"{where}: nested deeper than {_MAX_DEPTH} levels, not scanned", "")
         return
+    if len(text) > _MAX_TEXT:
+        yield Finding("obfuscation", f"{where}: {len(text)} characters long, only the first {_MAX_TEXT} scanned", "")
+        text = text[:_MAX_TEXT]
     if not decoded:
         yield from _hidden_unicode(where, text)
         yield from _lookalikes(where, text)

@@ -22,7 +22,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 from urllib.parse import quote, unquote
 
-import httpx2
+import aiohttp
 import jsonschema
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -170,11 +170,9 @@ class Upstream:
         self.results = TTLCache()
         self.on_list_changed: Callable[[Upstream], None] | None = None
         self._connections: OrderedDict[str, UpstreamConnection] = OrderedDict()
-        self._http: httpx2.AsyncClient | None = None
+        self._http: aiohttp.ClientSession | None = None
         if spec.transport == "http":
-            self._http = httpx2.AsyncClient(
-                limits=httpx2.Limits(max_connections=64, max_keepalive_connections=64), timeout=spec.timeout_seconds
-            )
+            self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64), raise_for_status=False)
 
     @property
     def attributes(self) -> dict[str, Any]:
@@ -300,7 +298,7 @@ class Upstream:
         connections, self._connections = list(self._connections.values()), OrderedDict()
         await asyncio.gather(*(conn.close() for conn in connections), return_exceptions=True)
         if self._http is not None:
-            await self._http.aclose()
+            await self._http.close()
 
 
 def _tool_problem(tool: Mapping[str, Any]) -> str | None:
@@ -404,16 +402,19 @@ class Router:
         self.on_health: list[Callable[[str, dict[str, Any]], None]] = []
         self._refresh_lock = asyncio.Lock()
         self._health_task: asyncio.Task[None] | None = None
+        self._warm_task: asyncio.Task[None] | None = None
         self._last_status: dict[str, str] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
         await self.sync()
+        self._warm_task = asyncio.create_task(self.refresh(), name="contextlab-upstream-catalogs")
         self._health_task = asyncio.create_task(self._health_loop(), name="contextlab-upstream-health")
 
     async def stop(self) -> None:
-        if self._health_task is not None:
-            self._health_task.cancel()
+        for task in (self._health_task, self._warm_task):
+            if task is not None:
+                task.cancel()
         upstreams, self.upstreams = list(self.upstreams.values()), {}
         await asyncio.gather(*(u.close() for u in upstreams), return_exceptions=True)
         self.routes = {}

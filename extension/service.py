@@ -399,6 +399,9 @@ class ContextService:
     ) -> HandlerResult:
         name = params.get("name")
         route = self.upstream_route(name)
+        if route is None and name not in self.tool_names and self.router is not None:
+            await self.router.refresh()  # a tool of an upstream not listed yet, or listed long ago
+            route = self.upstream_route(name)
         if route is not None:
             response = await self.forward_tool_call(
                 caller, {"id": ctx.request_id, "params": params}, route, modern=_is_modern(ctx), session_id=None

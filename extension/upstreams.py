@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx2
+import aiohttp
 
 import contextlab
 
@@ -176,11 +176,12 @@ class _NotModern(Exception):
 
 
 class HttpUpstreamConnection(UpstreamConnection):
-    """Streamable HTTP. One `httpx2.AsyncClient` (keep-alive pool) per connection."""
+    """Streamable HTTP over a shared aiohttp keep-alive pool (a fraction of httpx's CPU per request)."""
 
-    def __init__(self, spec: ConnectionSpec, client: httpx2.AsyncClient) -> None:
+    def __init__(self, spec: ConnectionSpec, client: aiohttp.ClientSession) -> None:
         super().__init__(spec)
         self._client = client
+        self._timeout = aiohttp.ClientTimeout(total=spec.timeout_seconds)
         self.session_id: str | None = None
 
     async def _open(self) -> None:
@@ -209,45 +210,46 @@ class HttpUpstreamConnection(UpstreamConnection):
         request_id = self._next_id()
         body = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
         try:
-            response = await self._client.post(
-                self.spec.url or "",
-                content=body,
-                headers=self._headers(method, params, modern),
-                timeout=self.spec.timeout_seconds,
-            )
-        except httpx2.TimeoutException as exc:
+            async with self._client.post(
+                self.spec.url or "", data=body, headers=self._headers(method, params, modern), timeout=self._timeout
+            ) as response:
+                status, headers = response.status, response.headers
+                content = await response.read()
+        except TimeoutError as exc:
             raise UpstreamError(
                 self.spec.name, f"no answer to {method} within {self.spec.timeout_seconds:g} s"
             ) from exc
-        except httpx2.ConnectError as exc:
+        except aiohttp.ClientConnectorError as exc:
             raise UpstreamError(self.spec.name, f"cannot connect to {self.spec.url} ({exc})", retryable=True) from exc
-        except httpx2.HTTPError as exc:
-            raise UpstreamError(self.spec.name, f"connection failed during {method} ({exc})") from exc
-        if method == "server/discover" and response.status_code in (400, 404, 405, 406):
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(
+                self.spec.name, f"the connection broke during {method} ({type(exc).__name__}: {exc})"
+            ) from exc
+        if method == "server/discover" and status in (400, 404, 405, 406):
             raise _NotModern
-        if response.status_code == 404 and self.session_id and not modern:
+        if status == 404 and self.session_id and not modern:
             # The upstream forgot our session (restart, idle expiry): the call never ran.
             self.protocol_version = None
             self.session_id = None
             raise UpstreamError(self.spec.name, "lost its session; reconnecting", retryable=True)
-        if response.status_code in (401, 403):
+        if status in (401, 403):
             raise UpstreamError(
                 self.spec.name,
-                f"refused the gateway's credentials (HTTP {response.status_code}); "
+                f"refused the gateway's credentials (HTTP {status}); "
                 "update the server's auth with `contextlab registry update`",
             )
         if method == "initialize":
-            self.session_id = response.headers.get("mcp-session-id")
-        content_type = response.headers.get("content-type", "")
+            self.session_id = headers.get("mcp-session-id")
+        content_type = headers.get("content-type", "")
         if content_type.startswith("text/event-stream"):
-            message = self._from_sse(response.text, request_id)
+            message = self._from_sse(content.decode("utf-8", "replace"), request_id)
         else:
-            if response.status_code >= 400 and not content_type.startswith("application/json"):
-                raise UpstreamError(self.spec.name, f"answered {method} with HTTP {response.status_code}")
+            if status >= 400 and not content_type.startswith("application/json"):
+                raise UpstreamError(self.spec.name, f"answered {method} with HTTP {status}")
             try:
-                message = json.loads(response.content)
+                message = json.loads(content)
             except ValueError as exc:
-                raise UpstreamError(self.spec.name, f"sent invalid JSON for {method}: {_clip(response.text)}") from exc
+                raise UpstreamError(self.spec.name, f"sent invalid JSON for {method}: {_clip(content)}") from exc
         return self._result(message, request_id)
 
     def _from_sse(self, text: str, request_id: int) -> Any:
@@ -269,15 +271,19 @@ class HttpUpstreamConnection(UpstreamConnection):
 
     async def _notify(self, method: str) -> None:
         body = json.dumps({"jsonrpc": "2.0", "method": method})
-        with contextlib.suppress(httpx2.HTTPError):
-            await self._client.post(
-                self.spec.url or "", content=body, headers=self._headers(method, {}, False), timeout=5
-            )
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with self._client.post(
+                self.spec.url or "", data=body, headers=self._headers(method, {}, False), timeout=self._timeout
+            ):
+                pass
 
     async def close(self) -> None:
-        if self.session_id and not self.modern:
-            with contextlib.suppress(httpx2.HTTPError):
-                await self._client.delete(self.spec.url or "", headers=self._headers("", {}, False), timeout=2)
+        if self.session_id and not self.modern and not self._client.closed:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with self._client.delete(
+                    self.spec.url or "", headers=self._headers("", {}, False), timeout=aiohttp.ClientTimeout(total=2)
+                ):
+                    pass
         self.session_id = None
         await super().close()
 
