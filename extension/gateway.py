@@ -36,6 +36,7 @@ class CallNote:
     redactions: int = 0
     upstream: str | None = None
     kinds: dict[str, int] = field(default_factory=dict)
+    audited: bool = False  # the forwarding path already wrote this request's audit row
 
     def add_redactions(self, counts: Mapping[str, int]) -> None:
         for kind, count in counts.items():

@@ -50,13 +50,15 @@ MAX_LIST_PAGES = 50
 
 
 class BreakerOpen(Exception):
-    def __init__(self, server: str, retry_in: float) -> None:
+    def __init__(self, server: str, retry_in: float, last_error: str | None) -> None:
+        cause = f" Last error: {last_error}" if last_error else ""
         super().__init__(
             f"Upstream {server!r} is unavailable (circuit breaker open after repeated failures); "
-            f"the gateway will try it again in {retry_in:.0f} s. `contextlab registry health {server}` shows why."
+            f"the gateway will try it again in {retry_in:.0f} s.{cause}"
         )
         self.server = server
         self.retry_in = retry_in
+        self.last_error = last_error
 
 
 class CircuitBreaker:
@@ -68,6 +70,7 @@ class CircuitBreaker:
         self.clock = clock
         self.failures = 0
         self.opened_at: float | None = None
+        self.last_error: str | None = None
         self._trial = False
 
     @property
@@ -80,7 +83,7 @@ class CircuitBreaker:
         state = self.state
         if state == "open" or (state == "half-open" and self._trial):
             assert self.opened_at is not None
-            raise BreakerOpen(server, max(0.0, self.cooldown - (self.clock() - self.opened_at)))
+            raise BreakerOpen(server, max(0.0, self.cooldown - (self.clock() - self.opened_at)), self.last_error)
         if state == "half-open":
             self._trial = True
 
@@ -89,8 +92,9 @@ class CircuitBreaker:
         self.opened_at = None
         self._trial = False
 
-    def failure(self) -> None:
+    def failure(self, reason: str | None = None) -> None:
         self.failures += 1
+        self.last_error = reason
         if self._trial or self.failures >= self.threshold:
             self.opened_at = self.clock()
         self._trial = False
@@ -218,7 +222,7 @@ class Upstream:
                 self.breaker.success()  # the server is alive and answered
                 raise
             except UpstreamError as exc:
-                self.breaker.failure()
+                self.breaker.failure(str(exc))
                 if attempt >= self.retries or not (idempotent or exc.retryable):
                     raise
                 attempt += 1
@@ -247,8 +251,8 @@ class Upstream:
             self.breaker.before_call(self.name)
             try:
                 await conn.connect()
-            except UpstreamError:
-                self.breaker.failure()
+            except UpstreamError as exc:
+                self.breaker.failure(str(exc))
                 raise
             self.breaker.success()
         capabilities = conn.capabilities
@@ -463,7 +467,10 @@ class Router:
         try:
             catalog = await asyncio.wait_for(upstream.fetch_catalog(), upstream.spec.timeout_seconds)
         except (UpstreamError, UpstreamRPCError, BreakerOpen, TimeoutError) as exc:
-            upstream.catalog_error = str(exc) or f"listing timed out after {upstream.spec.timeout_seconds:g} s"
+            if isinstance(exc, TimeoutError):
+                upstream.catalog_error = f"listing timed out after {upstream.spec.timeout_seconds:g} s"
+            elif not (isinstance(exc, BreakerOpen) and upstream.catalog_error):  # keep the cause, not the symptom
+                upstream.catalog_error = str(exc)
             log.warning("cannot list upstream %s: %s", upstream.name, upstream.catalog_error)
             if upstream.catalog is not None:
                 upstream.catalog.fetched_at = time.monotonic()  # keep serving the last catalog; retry after the TTL

@@ -403,6 +403,9 @@ class ContextService:
             await self.router.refresh()  # a tool of an upstream not listed yet, or listed long ago
             route = self.upstream_route(name)
         if route is not None:
+            outer = current_note.get()
+            if outer is not None:
+                outer.audited = True
             response = await self.forward_tool_call(
                 caller, {"id": ctx.request_id, "params": params}, route, modern=_is_modern(ctx), session_id=None
             )
@@ -472,8 +475,7 @@ class ContextService:
             current_note.reset(token)
             latency_ms = (time.perf_counter() - started) * 1000
             self.stats.observe(ctx.method, outcome, latency_ms)
-            # An upstream tools/call forwarded from inside the SDK path audits itself.
-            if self.audit is not None and not (note.upstream and ctx.method == "tools/call"):
+            if self.audit is not None and not note.audited:
                 self.audit.record(_audit_entry(ctx, outcome, code, error, latency_ms, note))
 
 

@@ -8,13 +8,13 @@ import json
 import sqlite3
 import subprocess
 import sys
-import time
 
 import anyio
 import httpx
 import pytest
 from mcp.shared.exceptions import MCPError
 
+from tests.support.gateway import create_token, start_upstream, stdio, tool_names
 from tests.support.server import (
     REPO,
     JupyterServer,
@@ -52,28 +52,6 @@ dlp:
     - name: employee_id
       pattern: "EMP-\\\\d{6}"
 """
-
-
-def start_upstream(port: int) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.upstream_server", "http", str(port)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            httpx.post(f"http://127.0.0.1:{port}/mcp", json={}, timeout=1)
-            return process
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("upstream did not start")
-
-
-def stdio(*args: str) -> list[str]:
-    return [sys.executable, "-m", *args]
 
 
 @pytest.fixture(scope="module")
@@ -142,13 +120,6 @@ def gw(tmp_path_factory, upstream_port):
         server.upstream.kill()
 
 
-def create_token(server: JupyterServer, name: str, scopes: list[str], **attributes) -> str:
-    body = {"name": name, "scopes": scopes, "expires": "1h", "attributes": attributes or {"roles": ["Viewer"]}}
-    response = server.api("POST", "contextlab/api/tokens", json=body)
-    assert response.status_code == 201, response.text
-    return response.json()["token"]
-
-
 @pytest.fixture(scope="module")
 def tokens(gw):
     return {
@@ -158,11 +129,6 @@ def tokens(gw):
         ),
         "outsider": create_token(gw, "outsider", ["*"], roles=["Viewer"], org="globex"),
     }
-
-
-async def tool_names(server: JupyterServer, token: str, mode: str) -> set[str]:
-    async with mcp_session(server.mcp_url, token, mode) as client:
-        return {tool.name for tool in (await client.list_tools()).tools}
 
 
 def audit(server: JupyterServer, **params) -> list[dict]:

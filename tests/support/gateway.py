@@ -1,0 +1,45 @@
+"""Helpers for gateway tests: upstream servers, API tokens, tool listings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import httpx
+
+from tests.support.server import REPO, JupyterServer, mcp_session
+
+
+def start_upstream(port: int) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.upstream_server", "http", str(port)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            httpx.post(f"http://127.0.0.1:{port}/mcp", json={}, timeout=1)
+            return process
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("upstream did not start")
+
+
+def stdio(*args: str) -> list[str]:
+    return [sys.executable, "-m", *args]
+
+
+def create_token(server: JupyterServer, name: str, scopes: list[str], **attributes) -> str:
+    body = {"name": name, "scopes": scopes, "expires": "1h", "attributes": attributes or {"roles": ["Viewer"]}}
+    response = server.api("POST", "contextlab/api/tokens", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()["token"]
+
+
+async def tool_names(server: JupyterServer, token: str, mode: str) -> set[str]:
+    async with mcp_session(server.mcp_url, token, mode) as client:
+        return {tool.name for tool in (await client.list_tools()).tools}
