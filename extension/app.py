@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ from contextlab.extension.handlers import MCPHandler, StatusHandler, request_log
 from contextlab.extension.policy import PolicyEngine
 from contextlab.extension.registry import Registry, RegistryError, SecretBox, parse_manifest
 from contextlab.extension.router import Router, ToolReviews
-from contextlab.extension.service import ContextService
+from contextlab.extension.service import AdminResource, ContextService
 from contextlab.extension.sources import JupyterKernelSource
 from contextlab.extension.tokens import TokenService
 from contextlab.providers.base import Provider
@@ -197,6 +198,7 @@ class ContextLab(ExtensionApp):
             stats=self.request_stats,
             gateway=self.gateway,
             router=self.router,
+            admin_resources=self._admin_resources(),
             max_request_bytes=self.max_request_bytes,
             session_idle_timeout=self.session_idle_timeout,
             resource_poll_seconds=self.resource_poll_seconds,
@@ -208,6 +210,28 @@ class ContextLab(ExtensionApp):
             self.mcp_url_path,
             ", ".join(self.providers),
         )
+
+    def _admin_resources(self) -> dict[str, AdminResource]:
+        def recent_audit() -> str:
+            if self.service is not None and self.service.audit is not None:
+                self.service.audit.flush()
+            return json.dumps({"entries": self.store.audit(limit=200)}, default=str)
+
+        def recent_events() -> str:
+            last = self.events.last_id()
+            return json.dumps({"events": [e.to_dict() for e in self.events.since(max(0, last - 200), limit=200)]})
+
+        return {
+            "contextlab://audit/recent": AdminResource(
+                "audit", "The newest 200 audit entries: caller, tool, decision, redactions, outcome.", recent_audit
+            ),
+            "contextlab://events/recent": AdminResource(
+                "events",
+                "The newest 200 gateway events (registry.changed, provider.health, …). Subscribe to hear of new ones.",
+                recent_events,
+                version=self.events.last_id,
+            ),
+        }
 
     def _default_key_file(self) -> Path:
         return Path(jupyter_data_dir()) / "contextlab" / "secret.key"

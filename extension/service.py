@@ -14,7 +14,8 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
@@ -103,6 +104,19 @@ def jsonrpc_message_error(message: Any) -> tuple[int, str] | None:
     )
 
 
+@dataclass(frozen=True)
+class AdminResource:
+    """A read-only JSON resource only admins see (the audit log, the event stream)."""
+
+    name: str
+    description: str
+    read: Callable[[], str]
+    version: Callable[[], Hashable] | None = None
+
+    def listing(self, uri: str) -> dict[str, Any]:
+        return {"uri": uri, "name": self.name, "description": self.description, "mimeType": "application/json"}
+
+
 class ContextLabMCPServer(MCPServer):
     """MCPServer that also lists the providers' dynamic resources (e.g. each notebook)."""
 
@@ -131,6 +145,7 @@ class ContextService:
         max_request_bytes: int = 4 * 1024 * 1024,
         session_idle_timeout: float = 1800,
         resource_poll_seconds: float = 2.0,
+        admin_resources: Mapping[str, AdminResource] | None = None,
     ) -> None:
         self.providers = providers
         self.audit = audit
@@ -150,7 +165,10 @@ class ContextService:
         )
         for provider in providers:
             provider.register(self.server)
-        self.watcher = ResourceWatcher(self.server, providers, self.bus, resource_poll_seconds)
+        self.admin_resources = dict(admin_resources or {})
+        self.watcher = ResourceWatcher(
+            self.server, providers, self.bus, resource_poll_seconds, extra_versions=self._admin_resource_versions
+        )
         self.manifests = [provider.manifest() for provider in providers]
         self.tool_names = {tool.name for manifest in self.manifests for tool in manifest.tools}
         self.server.middleware.append(self._observe)
@@ -334,7 +352,10 @@ class ContextService:
         if method == "prompts/list":
             return await self._list(ctx, call_next, caller, "prompts", self._builtin_tool_target, "prompts")
         if method == "resources/list":
-            return await self._list(ctx, call_next, caller, "resources", None, "resources")
+            listed = await self._list(ctx, call_next, caller, "resources", None, "resources")
+            if caller.is_admin:
+                listed["resources"] = listed["resources"] + [r.listing(uri) for uri, r in self.admin_resources.items()]
+            return listed
         if method == "tools/call":
             return await self._call_tool(ctx, call_next, caller, params)
         if method == "prompts/get":
@@ -349,6 +370,16 @@ class ContextService:
                 except (UpstreamError, BreakerOpen) as exc:
                     raise MCPError(UPSTREAM_UNAVAILABLE, str(exc)) from exc
                 return _era_result(self.gateway.redact(result, "results"), _is_modern(ctx))
+        if method in ("resources/read", "resources/subscribe") and str(params.get("uri", "")) in self.admin_resources:
+            uri = str(params["uri"])
+            if not caller.is_admin:
+                raise MCPError(INVALID_PARAMS, f"Unknown resource {uri!r}. Call resources/list for the URIs.")
+            if method == "resources/subscribe":
+                return await call_next(ctx)
+            text = await asyncio.to_thread(self.admin_resources[uri].read)
+            return _era_result(
+                {"contents": [{"uri": uri, "mimeType": "application/json", "text": text}]}, _is_modern(ctx)
+            )
         if method == "resources/read":
             uri = str(params.get("uri", ""))
             if self.router is not None and uri.startswith(UPSTREAM_URI_SCHEME + "://"):
@@ -390,6 +421,9 @@ class ContextService:
             items = items + self.gateway.visible(caller, upstream)
         data[key] = items
         return data
+
+    def _admin_resource_versions(self) -> dict[str, Hashable]:
+        return {uri: r.version() for uri, r in self.admin_resources.items() if r.version is not None}
 
     def _builtin_tool_target(self, name: str) -> ToolTarget:
         return self.gateway.builtin_target(name)

@@ -49,8 +49,16 @@ class CountingBus(InMemorySubscriptionBus):
 class ResourceWatcher:
     """Polls the providers' resource versions while anyone is subscribed and announces changes."""
 
-    def __init__(self, server: MCPServer, providers: list[Provider], bus: CountingBus, interval: float) -> None:
+    def __init__(
+        self,
+        server: MCPServer,
+        providers: list[Provider],
+        bus: CountingBus,
+        interval: float,
+        extra_versions: Callable[[], dict[str, Hashable]] | None = None,
+    ) -> None:
         self.providers = providers
+        self.extra_versions = extra_versions
         self.bus = bus
         self.interval = interval
         # uri -> session id -> that session's ServerSession (its connection-scoped stream survives the request)
@@ -66,6 +74,8 @@ class ResourceWatcher:
             found: dict[str, Hashable] = {}
             for provider in self.providers:
                 found.update(provider.resource_versions())
+            if self.extra_versions is not None:
+                found.update(self.extra_versions())
             return found
 
         return await asyncio.to_thread(collect)

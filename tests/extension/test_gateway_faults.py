@@ -363,3 +363,49 @@ def test_registry_and_audit_survive_a_restart_with_nothing_lost(tmp_path):
         assert anyio.run(call, again, "keeper__add", {"a": 2, "b": 3}).structured_content == {"result": 5}
     finally:
         again.stop()
+
+
+def test_admins_read_audit_and_events_as_mcp_resources_and_hear_of_new_events(gw):
+    viewer = create_token(gw, "resource-viewer", ["*"], roles=["Viewer"])
+
+    async def run():
+        updated = anyio.Event()
+
+        async def on_message(message):
+            if getattr(message, "method", None) == "notifications/resources/updated":
+                updated.set()
+
+        async with mcp_session(gw.mcp_url, gw.token, "legacy", message_handler=on_message) as client:
+            uris = {str(r.uri) for r in (await client.list_resources()).resources}
+            audit_rows = json.loads((await client.read_resource("contextlab://audit/recent")).contents[0].text)
+            await client.subscribe_resource("contextlab://events/recent")
+            await anyio.to_thread.run_sync(
+                lambda: register(gw, "heard", stdio("tests.support.upstream_server", "stdio"))
+            )
+            with anyio.fail_after(15):
+                await updated.wait()
+            events = json.loads((await client.read_resource("contextlab://events/recent")).contents[0].text)
+        async with mcp_session(gw.mcp_url, viewer, "legacy") as client:
+            viewer_uris = {str(r.uri) for r in (await client.list_resources()).resources}
+            with pytest.raises(MCPError) as denied:
+                await client.read_resource("contextlab://audit/recent")
+        return uris, audit_rows, events, viewer_uris, denied.value
+
+    uris, audit_rows, events, viewer_uris, denied = anyio.run(run)
+    assert {"contextlab://audit/recent", "contextlab://events/recent"} <= uris
+    assert audit_rows["entries"] and {"principal", "decision", "redactions"} <= set(audit_rows["entries"][0])
+    assert any(e["topic"] == "registry.changed" and e["payload"]["server"] == "heard" for e in events["events"])
+    assert not {"contextlab://audit/recent", "contextlab://events/recent"} & viewer_uris
+    assert "Unknown resource" in str(denied)
+
+
+def test_cacheable_tool_results_are_reused_until_the_registry_changes(gw):
+    register(gw, "cached", stdio("tests.support.upstream_server", "stdio"), cacheable_tools=["increment", "pid"])
+    assert wait_for(lambda: "cached__increment" in anyio.run(tool_names, gw, gw.token, "auto"))
+    first = anyio.run(call, gw, "cached__increment", {}).structured_content["result"]
+    assert anyio.run(call, gw, "cached__increment", {}).structured_content["result"] == first  # not re-run
+    old_pid = anyio.run(call, gw, "cached__pid", {}).structured_content["result"]
+    assert gw.api("PATCH", "contextlab/api/registry/cached", json={"cache_ttl_seconds": 120}).status_code == 200
+    assert wait_for(lambda: "cached__pid" in anyio.run(tool_names, gw, gw.token, "auto"))
+    # The change reconnected the server (a new process) and dropped its cached results.
+    assert anyio.run(call, gw, "cached__pid", {}).structured_content["result"] != old_pid
