@@ -56,6 +56,15 @@ def add_admin_commands(sub: Any, add_server_arguments: Callable[[argparse.Argume
     add.add_argument("--sensitivity", choices=["public", "internal", "confidential", "secret"], default="internal")
     add.add_argument("--cacheable", action="append", default=[], help="Glob of tools whose results may be cached.")
     add.add_argument("--disabled", action="store_true", help="Register it disabled.")
+    provider = command(
+        rsub,
+        "add-provider",
+        "Register a ContextLab provider class, served on its own over stdio, from its generated manifest.",
+        _registry_add_provider,
+    )
+    provider.add_argument("provider", help="The provider class, as pkg.module:Class (built without arguments).")
+    provider.add_argument("--name", help="Server name (default: the provider's name).")
+    provider.add_argument("--sensitivity", choices=["public", "internal", "confidential", "secret"], default="internal")
     command(rsub, "list", "List registered servers with their health.", _registry_list)
     for name, text in (
         ("show", "Show one server: settings, secret names, health, tools."),
@@ -192,6 +201,19 @@ def _registry_add(args: argparse.Namespace) -> int:
         )
     record = _call(args, "POST", "registry", json=spec)
     return _emit(args, record, lambda r: f"Registered {r['name']} ({r['transport']}). Secrets: {_secrets(r)}")
+
+
+def _registry_add_provider(args: argparse.Namespace) -> int:
+    import sys
+
+    from contextlab.providers.serve import load_provider
+
+    command = [sys.executable, "-m", "contextlab.providers.serve", args.provider]
+    entry = load_provider(args.provider).registry_entry(
+        command=command, name=args.name, attributes={"sensitivity": args.sensitivity}
+    )
+    record = _call(args, "POST", "registry?source=provider", json=entry)
+    return _emit(args, record, lambda r: f"Registered provider {args.provider} as {r['name']} (stdio).")
 
 
 def _secrets(record: dict[str, Any]) -> str:

@@ -188,6 +188,40 @@ class Provider:
         self.register(server, namespaced=False)
         return server
 
+    def registry_entry(
+        self,
+        *,
+        command: list[str] | None = None,
+        url: str | None = None,
+        name: str | None = None,
+        attributes: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """A gateway registry entry for this provider served on its own, generated from its manifest.
+
+        Give `command` (stdio, e.g. `python -m contextlab.providers.serve pkg.mod:Cls`) or `url`
+        (streamable HTTP). Read-only, idempotent tools are marked cacheable.
+        """
+        if (command is None) == (url is None):
+            raise ValueError("give exactly one of command (stdio) or url (http)")
+        manifest = self.manifest()
+        cacheable = [
+            tool.name.split(NAMESPACE_SEPARATOR, 1)[1]
+            for tool in manifest.tools
+            if tool.annotations.get("readOnlyHint") and tool.annotations.get("idempotentHint")
+        ]
+        entry: dict[str, Any] = {
+            "name": (name or self.name).replace("_", "-").lower(),
+            "description": f"{manifest.description} (ContextLab provider {manifest.name} {manifest.version}; "
+            f"context: {', '.join(manifest.context_types) or 'none'})",
+            "cacheable_tools": cacheable,
+            "attributes": dict(attributes or {}),
+        }
+        if command is not None:
+            entry.update(transport="stdio", command=list(command))
+        else:
+            entry.update(transport="http", url=url)
+        return entry
+
 
 def _as_2020_12(schema: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(schema)

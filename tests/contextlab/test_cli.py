@@ -14,7 +14,11 @@ import pytest
 
 from tests.support.server import free_port, isolated_env, mcp_session, structured, wait_for
 
-COMMANDS = ["up", "mcp-config", "doctor", "enable", "demo"]
+COMMANDS = ["up", "mcp-config", "doctor", "enable", "demo", "registry", "token", "audit", "policy"]
+SUBCOMMANDS = [
+    ["registry", action]
+    for action in ("add", "add-provider", "list", "show", "enable", "disable", "remove", "health", "apply", "reviews")
+] + [["registry", "approve"], ["token", "create"], ["token", "list"], ["token", "revoke"], ["policy", "show"]]
 
 
 def run_cli(*args, env=None, timeout=60):
@@ -31,6 +35,21 @@ def test_every_command_has_help(command):
     if not command:
         for name in COMMANDS:
             assert name in result.stdout
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS, ids=[" ".join(c) for c in SUBCOMMANDS])
+def test_every_admin_action_has_help(command):
+    result = run_cli(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert f"usage: contextlab {' '.join(command)}" in result.stdout
+    assert "--url" in result.stdout and "--token" in result.stdout
+
+
+def test_admin_commands_say_what_to_do_when_no_server_runs(tmp_path):
+    env = isolated_env(tmp_path)
+    result = run_cli("registry", "list", env=env)
+    assert result.returncode == 1
+    assert "No running Jupyter server found" in result.stderr and "contextlab up" in result.stderr
 
 
 def test_unknown_arguments_are_refused_with_usage():

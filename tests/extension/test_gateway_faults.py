@@ -409,3 +409,22 @@ def test_cacheable_tool_results_are_reused_until_the_registry_changes(gw):
     assert wait_for(lambda: "cached__pid" in anyio.run(tool_names, gw, gw.token, "auto"))
     # The change reconnected the server (a new process) and dropped its cached results.
     assert anyio.run(call, gw, "cached__pid", {}).structured_content["result"] != old_pid
+
+
+def test_a_contextlab_provider_registers_itself_from_its_generated_manifest(gw):
+    target = "tests.support.standalone_provider:GreetingsProvider"
+    result = subprocess.run(
+        [sys.executable, "-m", "contextlab", "registry", "add-provider", target, "--url", gw.url, "--token", gw.token],
+        capture_output=True,
+        text=True,
+        env=gw.env,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    record = show(gw, "greetings")
+    assert record["source"] == "provider"
+    assert record["command"][1:] == ["-m", "contextlab.providers.serve", target]
+    assert "Greets people." in record["description"] and "Greeting" in record["description"]
+    assert wait_for(lambda: "greetings__hello" in anyio.run(tool_names, gw, gw.token, "auto"))
+    hello = anyio.run(call, gw, "greetings__hello", {"name": "Ada"})
+    assert hello.structured_content == {"text": "Hello, Ada!"}
