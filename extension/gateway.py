@@ -104,7 +104,7 @@ class Gateway:
         if not decision.allowed:
             if not self.policy.policy.decide(caller, target, "list").allowed:
                 # The caller may not even know it exists: answer as for a missing tool.
-                raise MCPError(-32602, f"Unknown {kind} {target.name!r}. Call tools/list to see what you may use.")
+                raise MCPError(-32602, f"Unknown {kind} {target.name!r}. Call {kind}s/list to see what you may use.")
             raise MCPError(
                 FORBIDDEN, f"Forbidden by policy rule {decision.rule!r}: {decision.reason} ({kind} {target.name!r})."
             )

@@ -197,7 +197,7 @@ class Upstream:
             self._connections[identity] = conn
             while len(self._connections) > self.max_sessions:
                 _, oldest = self._connections.popitem(last=False)
-                asyncio.get_running_loop().create_task(oldest.close())
+                _spawn(oldest.close())
         else:
             self._connections.move_to_end(identity)
         return conn
@@ -407,10 +407,12 @@ class Router:
         self._refresh_lock = asyncio.Lock()
         self._health_task: asyncio.Task[None] | None = None
         self._warm_task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._last_status: dict[str, str] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await self.sync()
         self._warm_task = asyncio.create_task(self.refresh(), name="contextlab-upstream-catalogs")
         self._health_task = asyncio.create_task(self._health_loop(), name="contextlab-upstream-health")
@@ -443,9 +445,10 @@ class Router:
         self._notify_changed()
 
     def registry_listener(self, name: str, action: str) -> None:
-        """Registry listener: reconcile on the loop (the registry may be changed from any thread)."""
-        loop = asyncio.get_event_loop()
-        loop.call_soon_threadsafe(lambda: loop.create_task(self.sync(changed=name)))
+        """Registry listener: reconcile on the router's loop (the registry may be changed from any thread)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(lambda: _spawn(self.sync(changed=name)))
 
     # -- catalog ---------------------------------------------------------------------------------
     async def refresh(self, *, force: bool = False) -> None:
@@ -620,6 +623,16 @@ class Router:
                 await self.refresh()
             except Exception:
                 log.exception("upstream health check failed")
+
+
+_background: set[asyncio.Task[Any]] = set()
+
+
+def _spawn(coro: Any) -> None:
+    """Run a coroutine in the background, holding a reference so it is not collected mid-flight."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 def upstream_resource_uri(server: str, uri: str) -> str:

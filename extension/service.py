@@ -8,13 +8,14 @@ the parsed JSON-RPC message, which `forward_tool_call` answers without the SDK's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,6 +172,14 @@ class ContextService:
         )
         self.manifests = [provider.manifest() for provider in providers]
         self.tool_names = {tool.name for manifest in self.manifests for tool in manifest.tools}
+        self.prompt_names = {name for manifest in self.manifests for name in manifest.prompts}
+        # Which built-in provider serves a resource, by URI scheme (for policy decisions on reads).
+        self.resource_schemes = {
+            template.split("://", 1)[0]: provider.name
+            for provider in providers
+            for template in provider.manifest().resource_templates
+            if "://" in template
+        }
         self.server.middleware.append(self._observe)
         self.server.middleware.append(self._govern)
         self.server.middleware.append(self._baseline_on_listen)
@@ -184,6 +193,7 @@ class ContextService:
         )
         self._session_owners: OrderedDict[str, str] = OrderedDict()
         self._legacy_sessions: OrderedDict[str, Any] = OrderedDict()
+        self._background: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._watcher_task: asyncio.Task[None] | None = None
@@ -308,25 +318,15 @@ class ContextService:
 
     async def _upstream_call(self, route: Route, caller: Caller, arguments: Mapping[str, Any]) -> dict[str, Any]:
         assert self.router is not None
-        try:
+        with _upstream_errors():
             return await self.router.call_tool(route, caller, arguments)
-        except BreakerOpen as exc:
-            raise MCPError(UPSTREAM_UNAVAILABLE, str(exc), data={"server": exc.server}) from exc
-        except UpstreamError as exc:
-            raise MCPError(
-                UPSTREAM_UNAVAILABLE, f"{exc} The other servers are unaffected.", data={"server": exc.server}
-            ) from exc
-        except UpstreamRPCError as exc:
-            error = exc.error
-            raise MCPError(
-                int(error.get("code", INTERNAL_ERROR)), str(error.get("message", "")), data=error.get("data")
-            ) from exc
 
     # -- list changes -----------------------------------------------------------------------------
     def announce_lists_changed(self) -> None:
         """Tell every client that tools, prompts and resources may have changed."""
-        loop = asyncio.get_running_loop()
-        loop.create_task(self._announce_lists_changed())
+        task = asyncio.get_running_loop().create_task(self._announce_lists_changed())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _announce_lists_changed(self) -> None:
         for event in (ToolsListChanged(), PromptsListChanged(), ResourcesListChanged()):
@@ -353,6 +353,12 @@ class ContextService:
             return await self._list(ctx, call_next, caller, "prompts", self._builtin_tool_target, "prompts")
         if method == "resources/list":
             listed = await self._list(ctx, call_next, caller, "resources", None, "resources")
+            listed["resources"] = [
+                r
+                for r in listed["resources"]
+                if (target := self._builtin_resource_target(str(r.get("uri", "")))) is None
+                or self.gateway.may_list(caller, target)
+            ]
             if caller.is_admin:
                 listed["resources"] = listed["resources"] + [r.listing(uri) for uri, r in self.admin_resources.items()]
             return listed
@@ -365,11 +371,11 @@ class ContextService:
                 target = ToolTarget(name, upstream.name, name, upstream=True, attributes=upstream.attributes)
                 self.gateway.admit(caller, target, kind="prompt")
                 _note_upstream(upstream.name)
-                try:
+                with _upstream_errors():
                     result = await self.router.get_prompt(name, caller, params.get("arguments") or {})
-                except (UpstreamError, BreakerOpen) as exc:
-                    raise MCPError(UPSTREAM_UNAVAILABLE, str(exc)) from exc
                 return _era_result(self.gateway.redact(result, "results"), _is_modern(ctx))
+            if name in self.prompt_names:
+                self.gateway.admit(caller, self.gateway.builtin_target(name), kind="prompt")
         if method in ("resources/read", "resources/subscribe") and str(params.get("uri", "")) in self.admin_resources:
             uri = str(params["uri"])
             if not caller.is_admin:
@@ -394,12 +400,28 @@ class ContextService:
                     kind="resource",
                 )
                 _note_upstream(server)
-                try:
+                with _upstream_errors():
                     result, _target = await self.router.read_resource(uri, caller)
-                except (UpstreamError, BreakerOpen) as exc:
-                    raise MCPError(UPSTREAM_UNAVAILABLE, str(exc)) from exc
                 return _era_result(self.gateway.redact(result, "results"), _is_modern(ctx))
+            target = self._builtin_resource_target(uri)
+            if target is not None:
+                self.gateway.admit(caller, target, kind="resource")
+                return self._redacted(await call_next(ctx))
         return await call_next(ctx)
+
+    def _builtin_resource_target(self, uri: str) -> ToolTarget | None:
+        server = self.resource_schemes.get(uri.split("://", 1)[0]) if "://" in uri else None
+        if server is None:
+            return None
+        attributes = self.gateway.builtin_attributes.get(server) or self.gateway.builtin_attributes.get("*") or {}
+        return ToolTarget(name=uri, server=server, tool=uri, upstream=False, attributes=attributes)
+
+    def _redacted(self, result: HandlerResult) -> HandlerResult:
+        if "results" not in self.gateway.policy.policy.dlp.apply_to:
+            return result
+        data = _as_dict(result)
+        redacted = self.gateway.redact(data, "results")
+        return result if redacted is data else redacted
 
     async def _list(
         self,
@@ -463,12 +485,7 @@ class ContextService:
             redacted = self.gateway.redact(arguments, "arguments")
             if redacted is not arguments:
                 ctx = dataclasses.replace(ctx, params={**params, "arguments": redacted})
-        result = await call_next(ctx)
-        if "results" not in self.gateway.policy.policy.dlp.apply_to:
-            return result
-        data = _as_dict(result)
-        redacted = self.gateway.redact(data, "results")
-        return result if redacted is data else redacted
+        return self._redacted(await call_next(ctx))
 
     def _remember_session(self, ctx: ServerRequestContext[Any, Any]) -> None:
         request = ctx.request
@@ -511,6 +528,25 @@ class ContextService:
             self.stats.observe(ctx.method, outcome, latency_ms)
             if self.audit is not None and not note.audited:
                 self.audit.record(_audit_entry(ctx, outcome, code, error, latency_ms, note))
+
+
+@contextlib.contextmanager
+def _upstream_errors() -> Iterator[None]:
+    """Upstream failures as MCP errors: unavailable (-32010, naming the server) or the upstream's own error."""
+    try:
+        yield
+    except BreakerOpen as exc:
+        raise MCPError(UPSTREAM_UNAVAILABLE, str(exc), data={"server": exc.server}) from exc
+    except UpstreamError as exc:
+        raise MCPError(
+            UPSTREAM_UNAVAILABLE, f"{exc} The other servers are unaffected.", data={"server": exc.server}
+        ) from exc
+    except UpstreamRPCError as exc:
+        error = exc.error
+        code = error.get("code")
+        raise MCPError(
+            code if isinstance(code, int) else INTERNAL_ERROR, str(error.get("message", "")), data=error.get("data")
+        ) from exc
 
 
 def _error_outcome(exc: MCPError) -> str:

@@ -11,6 +11,7 @@ import sys
 
 import anyio
 import httpx
+import nbformat
 import pytest
 from mcp.shared.exceptions import MCPError
 
@@ -66,6 +67,7 @@ def gw(tmp_path_factory, upstream_port):
     home = tmp_path_factory.mktemp("gw-home")
     (root / ".contextlab").mkdir()
     (root / ".contextlab" / "policy.yaml").write_text(POLICY)
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Hello")]), root / "hello.ipynb")
     manifest = home / "upstreams.yaml"
     manifest.write_text(
         json.dumps(
@@ -349,3 +351,24 @@ def test_cli_rest_and_manifest_doors_agree(gw):
     )
     assert removed.returncode == 0
     assert gw.api("GET", "contextlab/api/registry/clitime").status_code == 404
+
+
+def test_built_in_resources_and_prompts_follow_the_policy_too(gw, tokens):
+    async def run(token):
+        async with mcp_session(gw.mcp_url, token, "legacy") as client:
+            uris = {str(r.uri) for r in (await client.list_resources()).resources}
+            prompts = {p.name for p in (await client.list_prompts()).prompts}
+            try:
+                await client.read_resource("notebook://hello.ipynb")
+                read = "ok"
+            except MCPError as exc:
+                read = str(exc)
+            return uris, prompts, read
+
+    owner_uris, owner_prompts, owner_read = anyio.run(run, gw.token)
+    assert "notebook://hello.ipynb" in owner_uris and owner_read == "ok"
+    assert any(p.startswith("notebooks__") for p in owner_prompts)
+    viewer_uris, viewer_prompts, viewer_read = anyio.run(run, tokens["viewer"])
+    assert "notebook://hello.ipynb" not in viewer_uris
+    assert not any(p.startswith("notebooks__") for p in viewer_prompts)
+    assert "Unknown resource 'notebook://hello.ipynb'" in viewer_read
