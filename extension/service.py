@@ -298,20 +298,18 @@ class ContextService:
         self.stats.observe("tools/call", outcome, latency_ms)
         if self.audit is not None:
             self.audit.record(
-                AuditEntry(
+                _noted_entry(
+                    note,
                     principal=caller.name,
                     session_id=session_id,
                     protocol_version=protocol_version or (MODERN_VERSION if modern else None),
                     method="tools/call",
                     target=route.target.name,
                     args_sha256=_args_hash(params.get("arguments")),
-                    latency_ms=round(latency_ms, 3),
+                    latency_ms=latency_ms,
                     outcome=outcome,
                     error_code=code,
-                    error=error[:2000] if error else None,
-                    decision=note.decision,
-                    redactions=note.redactions,
-                    upstream=note.upstream,
+                    error=error,
                 )
             )
         return response
@@ -614,7 +612,8 @@ def _audit_entry(
     scope = getattr(request, "scope", None) or {}
     client_params = getattr(ctx.session, "client_params", None)
     client_info = getattr(client_params, "client_info", None)
-    return AuditEntry(
+    return _noted_entry(
+        note,
         principal=scope.get(USER_SCOPE_KEY) or "anonymous",
         client=f"{client_info.name}/{client_info.version}" if client_info else None,
         session_id=request.headers.get("mcp-session-id") if request is not None else None,
@@ -622,13 +621,22 @@ def _audit_entry(
         method=ctx.method,
         target=target,
         args_sha256=args_hash,
-        latency_ms=round(latency_ms, 3),
+        latency_ms=latency_ms,
         outcome=outcome,
         error_code=code,
+        error=error,
+    )
+
+
+def _noted_entry(note: CallNote, *, latency_ms: float, error: str | None, **fields: Any) -> AuditEntry:
+    """An audit entry with what the gateway decided (from the request's `CallNote`)."""
+    return AuditEntry(
+        latency_ms=round(latency_ms, 3),
         error=error[:2000] if error else None,
         decision=note.decision,
         redactions=note.redactions,
         upstream=note.upstream,
+        **fields,
     )
 
 

@@ -90,6 +90,11 @@ def local_still_works(server) -> None:
     assert result.structured_content == {"result": 42}
 
 
+def cli(server, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "contextlab", *args, "--url", server.url, "--token", server.token]
+    return subprocess.run(command, capture_output=True, text=True, env=server.env, timeout=60)
+
+
 def show(server, name) -> dict:
     response = server.api("GET", f"contextlab/api/registry/{name}")
     assert response.status_code == 200, response.text
@@ -103,14 +108,9 @@ def test_an_upstream_that_crashes_on_start_is_reported_down_with_its_stderr(gw):
     assert "fatal: missing configuration file" in health["last_error"]
     assert not any(n.startswith("crashy__") for n in anyio.run(tool_names, gw, gw.token, "auto"))
     local_still_works(gw)
-    cli = subprocess.run(
-        [sys.executable, "-m", "contextlab", "registry", "health", "crashy", "--url", gw.url, "--token", gw.token],
-        capture_output=True,
-        text=True,
-        env=gw.env,
-        timeout=60,
-    )
-    assert cli.returncode == 1 and "down" in cli.stdout and "fatal: missing configuration" in cli.stdout
+    health_cli = cli(gw, "registry", "health", "crashy")
+    assert health_cli.returncode == 1
+    assert "down" in health_cli.stdout and "fatal: missing configuration" in health_cli.stdout
 
 
 def test_a_hanging_upstream_times_out_without_blocking_others(gw):
@@ -203,25 +203,7 @@ def test_a_poisoned_tool_is_quarantined_until_an_admin_approves_it(gw):
     flagged = next(r for r in reviews if r["server"] == "poisoned")
     assert flagged["tool"] == "add"
     assert {"hidden_directive", "exfiltration"} <= {f["kind"] for f in flagged["findings"]}
-    approved = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "contextlab",
-            "registry",
-            "approve",
-            "poisoned",
-            "add",
-            "--url",
-            gw.url,
-            "--token",
-            gw.token,
-        ],
-        capture_output=True,
-        text=True,
-        env=gw.env,
-        timeout=60,
-    )
+    approved = cli(gw, "registry", "approve", "poisoned", "add")
     assert approved.returncode == 0, approved.stderr
     assert wait_for(lambda: "poisoned__add" in anyio.run(tool_names, gw, gw.token, "auto"))
 
@@ -308,29 +290,7 @@ def test_clients_hear_list_changed_when_the_registry_changes(gw):
 def test_audit_cli_filters_by_tool_outcome_and_age(gw):
     viewer = create_token(gw, "audit-viewer", ["upstream:local__echo"], roles=["Viewer"])
     anyio.run(call_error, gw, "local__add", {"a": 1, "b": 1}, viewer)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "contextlab",
-            "audit",
-            "--since",
-            "1h",
-            "--tool",
-            "local__add",
-            "--outcome",
-            "denied",
-            "--json",
-            "--url",
-            gw.url,
-            "--token",
-            gw.token,
-        ],
-        capture_output=True,
-        text=True,
-        env=gw.env,
-        timeout=60,
-    )
+    result = cli(gw, "audit", "--since", "1h", "--tool", "local__add", "--outcome", "denied", "--json")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert rows and all(r["target"] == "local__add" and r["outcome"] == "denied" for r in rows)
@@ -413,13 +373,7 @@ def test_cacheable_tool_results_are_reused_until_the_registry_changes(gw):
 
 def test_a_contextlab_provider_registers_itself_from_its_generated_manifest(gw):
     target = "tests.support.standalone_provider:GreetingsProvider"
-    result = subprocess.run(
-        [sys.executable, "-m", "contextlab", "registry", "add-provider", target, "--url", gw.url, "--token", gw.token],
-        capture_output=True,
-        text=True,
-        env=gw.env,
-        timeout=60,
-    )
+    result = cli(gw, "registry", "add-provider", target)
     assert result.returncode == 0, result.stderr
     record = show(gw, "greetings")
     assert record["source"] == "provider"
