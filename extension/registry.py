@@ -50,6 +50,12 @@ class UpstreamAttributes(BaseModel):
     sensitivity: Literal["public", "internal", "confidential", "secret"] = "internal"
     owner: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls(cls, value: Any) -> Any:
+        # A null attribute is an absent one; keeping it would make equal specs compare unequal.
+        return {k: v for k, v in value.items() if v is not None} if isinstance(value, dict) else value
+
 
 class UpstreamAuth(BaseModel):
     model_config = ConfigDict(extra="forbid")

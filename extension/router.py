@@ -92,6 +92,10 @@ class CircuitBreaker:
         self.opened_at = None
         self._trial = False
 
+    def abandon(self) -> None:
+        """The call was cancelled before it could tell: let the next call be the trial."""
+        self._trial = False
+
     def failure(self, reason: str | None = None) -> None:
         self.failures += 1
         self.last_error = reason
@@ -228,6 +232,9 @@ class Upstream:
                 attempt += 1
                 await asyncio.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
                 continue
+            except BaseException:
+                self.breaker.abandon()  # cancelled (caller left, listing timed out): no verdict
+                raise
             self.breaker.success()
             return result
 
@@ -253,6 +260,9 @@ class Upstream:
                 await conn.connect()
             except UpstreamError as exc:
                 self.breaker.failure(str(exc))
+                raise
+            except BaseException:
+                self.breaker.abandon()
                 raise
             self.breaker.success()
         capabilities = conn.capabilities

@@ -392,13 +392,22 @@ class StdioUpstreamConnection(UpstreamConnection):
     async def _write(self, message: Mapping[str, Any]) -> None:
         process = self.process
         if process is None or process.stdin is None or process.returncode is not None:
-            raise UpstreamError(self.spec.name, f"is not running{self._stderr_hint()}", retryable=True)
+            await self._drained()
+            code = f" (exited with code {process.returncode})" if process is not None else ""
+            raise UpstreamError(self.spec.name, f"is not running{code}{self._stderr_hint()}", retryable=True)
         async with self._write_lock:
             try:
                 process.stdin.write(json.dumps(message).encode() + b"\n")
                 await process.stdin.drain()
             except (BrokenPipeError, ConnectionResetError) as exc:
+                await self._drained()
                 raise UpstreamError(self.spec.name, f"closed its stdin{self._stderr_hint()}", retryable=True) from exc
+
+    async def _drained(self) -> None:
+        """Give the stderr reader a moment to collect what a dead process said, so errors can quote it."""
+        readers = [t for t in self._tasks if t.get_name().endswith("-stderr") and not t.done()]
+        if readers:
+            await asyncio.wait(readers, timeout=1.0)
 
     async def _send(self, method: str, params: dict[str, Any], *, modern: bool) -> dict[str, Any]:
         request_id = self._next_id()
@@ -413,6 +422,10 @@ class StdioUpstreamConnection(UpstreamConnection):
             ) from exc
         finally:
             self._pending.pop(request_id, None)
+            if not future.done():
+                future.cancel()
+            elif not future.cancelled():
+                future.exception()  # a failure set by the reader after _write raised: already reported
         return self._result(message, request_id)
 
     async def _notify(self, method: str) -> None:

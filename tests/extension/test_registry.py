@@ -589,3 +589,12 @@ def test_openapi_refs_resolve():
         for part in ref[2:].split("/"):
             assert isinstance(target, dict) and part in target, f"unresolved $ref {ref}"
             target = target[part]
+
+
+def test_null_attributes_do_not_make_a_manifest_look_changed(tmp_path):
+    store = StateStore(f"sqlite:///{tmp_path / 'nulls.db'}")
+    store.migrate()
+    registry = Registry(store, SecretBox(tmp_path / "keys" / "secret.key"))
+    text = "version: 1\nservers:\n  - {name: a, transport: stdio, command: [x], attributes: {team: null}}\n"
+    assert registry.apply_manifest(parse_manifest(text))["added"] == ["a"]
+    assert registry.apply_manifest(parse_manifest(text)) == {"added": [], "updated": [], "unchanged": ["a"]}
