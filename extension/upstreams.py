@@ -236,7 +236,7 @@ class HttpUpstreamConnection(UpstreamConnection):
             raise UpstreamError(
                 self.spec.name,
                 f"refused the gateway's credentials (HTTP {status}); "
-                "update the server's auth with `contextlab registry update`",
+                "send new credentials with PATCH {base_url}contextlab/api/registry/<name> (fields auth/headers)",
             )
         if method == "initialize":
             self.session_id = headers.get("mcp-session-id")
