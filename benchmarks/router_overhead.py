@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,6 +62,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="Concurrent clients.")
     parser.add_argument("--mode", default="auto", choices=["auto", "legacy"], help="The clients' protocol era.")
     parser.add_argument("--pin", action="store_true", help="Pin servers to CPU 0 and clients to the others.")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="Alternate direct and gateway this many times per concurrency; the summary takes the median "
+        "of the per-round figures (steadier on a noisy machine).",
+    )
     parser.add_argument(
         "--paths", nargs="+", default=["direct", "gateway"], choices=["direct", "gateway"], help="What to measure."
     )
@@ -119,37 +127,42 @@ def main() -> None:
             for s in [("direct", direct_url, None, "echo"), ("gateway", server.mcp_url, token, "demo__echo")]
             if s[0] in args.paths
         ]
-        for clients in args.clients:
-            for target, url, auth, tool in scenarios:
-                process = psutil.Process(pids[target])
-                before = process.cpu_times()
-                row = measure(url, auth, tool, {"text": TEXT}, clients, args.seconds, args.mode, client_cpus)
-                after = process.cpu_times()
-                cpu_ms = ((after.user - before.user) + (after.system - before.system)) * 1000
-                row["path"] = target
-                row[f"{target}_process_cpu_ms_per_call"] = round(cpu_ms / max(row["calls"] + clients, 1), 3)
-                results.append(row)
-                print(json.dumps(row), file=sys.stderr, flush=True)
+        for clients, round_no, (target, url, auth, tool) in (
+            (c, r, s) for c in args.clients for r in range(args.rounds) for s in scenarios
+        ):
+            process = psutil.Process(pids[target])
+            before = process.cpu_times()
+            row = measure(url, auth, tool, {"text": TEXT}, clients, args.seconds, args.mode, client_cpus)
+            after = process.cpu_times()
+            cpu_ms = ((after.user - before.user) + (after.system - before.system)) * 1000
+            row["path"] = target
+            row["round"] = round_no
+            row[f"{target}_process_cpu_ms_per_call"] = round(cpu_ms / max(row["calls"] + clients, 1), 3)
+            results.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
         audit_rows = server.api("GET", "contextlab/api/audit", params={"flush": 1, "limit": 1}).json()["entries"]
     finally:
         server.stop()
         upstream.terminate()
         upstream.wait(10)
 
-    def find(path: str, clients: int) -> dict[str, Any]:
-        return next(r for r in results if r["path"] == path and r["clients"] == clients)
+    def find(path: str, clients: int, round_no: int) -> dict[str, Any]:
+        return next(r for r in results if (r["path"], r["clients"], r["round"]) == (path, clients, round_no))
 
     summary: dict[str, Any] = {}
     for clients in args.clients if len(args.paths) == 2 else []:
-        direct, gateway = find("direct", clients), find("gateway", clients)
-        summary[f"added_p50_ms_c{clients}"] = round(gateway["p50_ms"] - direct["p50_ms"], 2)
-        summary[f"added_p99_ms_c{clients}"] = round(gateway["p99_ms"] - direct["p99_ms"], 2)
-        summary[f"throughput_ratio_c{clients}"] = round(gateway["throughput_rps"] / direct["throughput_rps"], 3)
+        pairs = [(find("direct", clients, n), find("gateway", clients, n)) for n in range(args.rounds)]
+        summary[f"added_p50_ms_c{clients}"] = round(statistics.median(g["p50_ms"] - d["p50_ms"] for d, g in pairs), 2)
+        summary[f"added_p99_ms_c{clients}"] = round(statistics.median(g["p99_ms"] - d["p99_ms"] for d, g in pairs), 2)
+        summary[f"throughput_ratio_c{clients}"] = round(
+            statistics.median(g["throughput_rps"] / d["throughput_rps"] for d, g in pairs), 3
+        )
     summary.update(
         {
             "benchmark": "router_overhead",
             "mode": args.mode,
             "seconds_per_scenario": args.seconds,
+            "rounds": args.rounds,
             "pinned": args.pin,
             "gateway_features": ["api-token auth", "scopes", "ABAC", "rate limit", "DLP args+result", "audit"],
             "last_audit_row": {k: audit_rows[0].get(k) for k in ("principal", "target", "decision", "upstream")}

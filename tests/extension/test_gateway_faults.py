@@ -382,3 +382,12 @@ def test_a_contextlab_provider_registers_itself_from_its_generated_manifest(gw):
     assert wait_for(lambda: "greetings__hello" in anyio.run(tool_names, gw, gw.token, "auto"))
     hello = anyio.run(call, gw, "greetings__hello", {"name": "Ada"})
     assert hello.structured_content == {"text": "Hello, Ada!"}
+
+
+def test_each_caller_identity_gets_its_own_upstream_session(gw):
+    viewer = create_token(gw, "pool-viewer", ["*"], roles=["Viewer"])
+    owner_pid = anyio.run(call, gw, "local__pid", {}).structured_content["result"]
+    assert anyio.run(call, gw, "local__pid", {}).structured_content["result"] == owner_pid  # reused
+    viewer_pid = anyio.run(call, gw, "local__pid", {}, viewer).structured_content["result"]
+    assert viewer_pid != owner_pid  # a stdio upstream runs one process per caller identity
+    assert anyio.run(call, gw, "local__pid", {}, viewer, "legacy").structured_content["result"] == viewer_pid
