@@ -84,6 +84,11 @@ class UpstreamSpec(BaseModel):
     protocol: Literal["auto", "legacy", "modern"] = Field(
         default="auto", description="auto: try 2026-07-28 discovery, fall back to the 2025-11-25 handshake."
     )
+    session_scope: Literal["caller", "shared"] | None = Field(
+        default=None,
+        description="caller: one upstream session (a process, for stdio) per caller identity; shared: one for "
+        "all. Default: caller for http, shared for stdio.",
+    )
     timeout_seconds: float = Field(default=30.0, gt=0, le=3600)
     retries: int = Field(default=2, ge=0, le=10, description="Retries for idempotent calls only.")
     cacheable_tools: list[str] = Field(default_factory=list, description="Globs of tools whose results are cached.")
@@ -330,6 +335,7 @@ class Registry:
         row.options = {
             "cwd": spec.cwd,
             "protocol": spec.protocol,
+            "session_scope": spec.session_scope,
             "retries": spec.retries,
             "cacheable_tools": spec.cacheable_tools,
             "cache_ttl_seconds": spec.cache_ttl_seconds,
@@ -351,6 +357,7 @@ class Registry:
             headers=secret.get("headers") or {},
             auth=UpstreamAuth(token=secret["auth"]) if secret.get("auth") else None,
             protocol=options.get("protocol", "auto"),
+            session_scope=options.get("session_scope"),
             timeout_seconds=row.timeout_seconds,
             retries=options.get("retries", 2),
             cacheable_tools=options.get("cacheable_tools", []),
@@ -392,6 +399,7 @@ def _public(row: UpstreamServerRow) -> dict[str, Any]:
         "url": row.url,
         "secrets": row.secret_names or {},
         "protocol": options.get("protocol", "auto"),
+        "session_scope": options.get("session_scope") or ("shared" if row.transport == "stdio" else "caller"),
         "timeout_seconds": row.timeout_seconds,
         "retries": options.get("retries", 2),
         "cacheable_tools": options.get("cacheable_tools", []),

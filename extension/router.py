@@ -190,7 +190,13 @@ class Upstream:
     def retries(self) -> int:
         return int(self.record.get("retries", 2))
 
+    @property
+    def per_caller(self) -> bool:
+        return self.record.get("session_scope", "shared" if self.spec.transport == "stdio" else "caller") == "caller"
+
     def connection(self, identity: str) -> UpstreamConnection:
+        if not self.per_caller:
+            identity = CATALOG_IDENTITY  # one session (one process, for stdio) shared by every caller
         conn = self._connections.get(identity)
         if conn is None:
             if self._http is not None:

@@ -384,10 +384,21 @@ def test_a_contextlab_provider_registers_itself_from_its_generated_manifest(gw):
     assert hello.structured_content == {"text": "Hello, Ada!"}
 
 
-def test_each_caller_identity_gets_its_own_upstream_session(gw):
-    viewer = create_token(gw, "pool-viewer", ["*"], roles=["Viewer"])
-    owner_pid = anyio.run(call, gw, "local__pid", {}).structured_content["result"]
-    assert anyio.run(call, gw, "local__pid", {}).structured_content["result"] == owner_pid  # reused
-    viewer_pid = anyio.run(call, gw, "local__pid", {}, viewer).structured_content["result"]
-    assert viewer_pid != owner_pid  # a stdio upstream runs one process per caller identity
-    assert anyio.run(call, gw, "local__pid", {}, viewer, "legacy").structured_content["result"] == viewer_pid
+def test_upstream_sessions_are_kept_per_caller_identity_or_shared(gw):
+    register(gw, "percaller", stdio("tests.support.upstream_server", "stdio"), session_scope="caller")
+    viewer = create_token(gw, "pool-viewer", ["*"], roles=["Admin"])
+    assert wait_for(lambda: "percaller__pid" in anyio.run(tool_names, gw, viewer, "auto"))
+
+    async def pids(token, tool, times=2):
+        async with mcp_session(gw.mcp_url, token, "auto") as client:
+            return [(await client.call_tool(tool, {})).structured_content["result"] for _ in range(times)]
+
+    first, second = anyio.run(pids, viewer, "percaller__pid")
+    assert first == second  # the caller's session is reused
+    assert anyio.run(pids, viewer, "percaller__pid", 1) == [first]  # also from a new client connection
+    other = anyio.run(pids, create_token(gw, "pool-other", ["*"], roles=["Admin"]), "percaller__pid", 1)
+    assert other != [first]  # another identity gets its own session (here: its own process)
+    # `local` keeps the stdio default, one process shared by every caller.
+    shared = {anyio.run(pids, token, "local__pid", 1)[0] for token in (viewer, gw.token)}
+    assert len(shared) == 1
+    assert show(gw, "local")["session_scope"] == "shared" and show(gw, "percaller")["session_scope"] == "caller"
