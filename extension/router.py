@@ -577,7 +577,9 @@ class Router:
         upstream = route.upstream
         key = None
         if route.cacheable:
-            key = (caller.name, route.original, json.dumps(arguments, sort_keys=True, default=str))
+            # Shared by every caller: the gateway has admitted this one already, and the upstream sees
+            # the same credentials whoever calls.
+            key = (route.original, json.dumps(arguments, sort_keys=True, default=str))
             cached = upstream.results.get(key)
             if cached is not None:
                 return cached
