@@ -421,6 +421,7 @@ class Router:
         self.on_catalog_changed: list[Callable[[], None]] = []
         self.on_health: list[Callable[[str, dict[str, Any]], None]] = []
         self._refresh_lock = asyncio.Lock()
+        self._sync_lock = asyncio.Lock()
         self._health_task: asyncio.Task[None] | None = None
         self._warm_task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -443,6 +444,10 @@ class Router:
 
     async def sync(self, changed: str | None = None) -> None:
         """Bring the live upstreams in line with the registry; `changed` forces that one to reconnect."""
+        async with self._sync_lock:  # registry changes may arrive faster than upstreams close
+            await self._sync(changed)
+
+    async def _sync(self, changed: str | None) -> None:
         wanted = {spec.name: (spec, record) for spec, record in self.registry.enabled_connections()}
         for name in list(self.upstreams):
             if name not in wanted or name == changed:
