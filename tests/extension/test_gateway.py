@@ -112,6 +112,7 @@ def gw(tmp_path_factory, upstream_port):
             "--ContextLab.breaker_cooldown_seconds=1",
             "--ContextLab.upstream_list_ttl_seconds=0.5",
             "--ContextLab.policy_check_seconds=0.2",
+            "--ContextLab.upstream_health_seconds=1",
         ],
     )
     server.upstream = upstream
@@ -372,3 +373,15 @@ def test_built_in_resources_and_prompts_follow_the_policy_too(gw, tokens):
     assert "notebook://hello.ipynb" not in viewer_uris
     assert not any(p.startswith("notebooks__") for p in viewer_prompts)
     assert "Unknown resource 'notebook://hello.ipynb'" in viewer_read
+
+
+def test_health_checks_run_on_a_schedule_and_record_latency(gw):
+    def healthy() -> dict | None:
+        servers = {s["name"]: s for s in gw.api("GET", "contextlab/api/registry").json()["servers"]}
+        health = servers["demo"]["health"]
+        return health if health.get("status") == "up" and servers["time"]["health"].get("status") == "up" else None
+
+    health = wait_for(healthy, timeout=20)
+    assert health, "no scheduled health check recorded"
+    assert health["latency_ms"] > 0 and health["last_error"] is None
+    assert health["protocol_version"] == "2026-07-28" and health["breaker"] == "closed"
