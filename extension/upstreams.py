@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -76,7 +77,7 @@ class ConnectionSpec:
     timeout_seconds: float = 30.0
 
 
-class UpstreamConnection:
+class UpstreamConnection(ABC):
     """One logical MCP connection: negotiated era, session id (legacy) and a request method."""
 
     def __init__(self, spec: ConnectionSpec) -> None:
@@ -145,14 +146,14 @@ class UpstreamConnection:
         self.protocol_version = None
 
     # -- transport hooks --------------------------------------------------------------------------
-    async def _open(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def _open(self) -> None: ...
 
-    async def _send(self, method: str, params: dict[str, Any], *, modern: bool) -> dict[str, Any]:
-        raise NotImplementedError
+    @abstractmethod
+    async def _send(self, method: str, params: dict[str, Any], *, modern: bool) -> dict[str, Any]: ...
 
-    async def _notify(self, method: str) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def _notify(self, method: str) -> None: ...
 
     def _next_id(self) -> int:
         return next(self._ids)

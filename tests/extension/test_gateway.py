@@ -128,7 +128,11 @@ def tokens(gw):
     return {
         "viewer": create_token(gw, "viewer", ["*"], roles=["Viewer"], org="acme"),
         "scoped": create_token(
-            gw, "scoped", ["upstream:demo__echo", "upstream:demo__customer_card"], roles=["Operator"], org="acme"
+            gw,
+            "scoped",
+            ["upstream:demo__echo", "upstream:demo__reverse", "upstream:demo__customer_card"],
+            roles=["Operator"],
+            org="acme",
         ),
         "outsider": create_token(gw, "outsider", ["*"], roles=["Viewer"], org="globex"),
     }
@@ -189,7 +193,7 @@ def test_policy_and_scopes_decide_what_each_caller_sees(gw, tokens, mode):
     assert not any(n.startswith("local__") for n in viewer)  # confidential: viewers may not
     assert not any(n.startswith("notebooks__") for n in viewer)  # built-ins have no org: default deny
     scoped = anyio.run(tool_names, gw, tokens["scoped"], mode)
-    assert scoped == {"demo__echo", "demo__customer_card"}
+    assert scoped == {"demo__echo", "demo__reverse", "demo__customer_card"}
     outsider = anyio.run(tool_names, gw, tokens["outsider"], mode)
     assert outsider == {n for n in viewer if n.startswith("time__")}
 
@@ -234,9 +238,10 @@ def test_dlp_redacts_results_and_arguments_and_counts_in_audit(gw, tokens):
         async with mcp_session(gw.mcp_url, tokens["scoped"], "auto") as client:
             card = await client.call_tool("demo__customer_card", {"customer_id": 7})
             echoed = await client.call_tool("demo__echo", {"text": "mail bob@example.org, badge EMP-123456"})
-            return card, echoed
+            reversed_ = await client.call_tool("demo__reverse", {"text": "mail bob@example.org"})
+            return card, echoed, reversed_
 
-    card, echoed = anyio.run(run)
+    card, echoed, reversed_ = anyio.run(run)
     text = card.content[0].text
     assert "jane.doe7@example.com" not in text and "4111 1111 1111 1111" not in text
     assert "[REDACTED:email]" in text and "[REDACTED:credit_card]" in text
@@ -245,8 +250,10 @@ def test_dlp_redacts_results_and_arguments_and_counts_in_audit(gw, tokens):
     assert echoed.content[0].text == "mail [REDACTED:email], badge [REDACTED:employee_id]"
     card_row = audit(gw, tool="demo__customer_card", limit=1)[0]
     assert card_row["redactions"] >= 3
-    # The arguments were redacted before the upstream saw them: nothing was left to redact in the echo.
     assert audit(gw, tool="demo__echo", principal="token:scoped", limit=1)[0]["redactions"] == 2
+    # The upstream saw the redacted argument: reversed, a real address ("gro.elpmaxe@bob") would no longer
+    # look like one and would pass the result check, so only argument redaction can explain this answer.
+    assert reversed_.content[0].text == "mail [REDACTED:email]"[::-1]
 
 
 # -- tokens -------------------------------------------------------------------------------------------

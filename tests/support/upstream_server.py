@@ -25,6 +25,12 @@ def echo(text: str) -> str:
 
 
 @server.tool(annotations=ToolAnnotations(readOnlyHint=True, idempotentHint=True))
+def reverse(text: str) -> str:
+    """Return the text backwards (a reversed email no longer looks like one)."""
+    return text[::-1]
+
+
+@server.tool(annotations=ToolAnnotations(readOnlyHint=True, idempotentHint=True))
 def add(a: int, b: int) -> int:
     """Add two integers."""
     return a + b
