@@ -126,7 +126,7 @@ class ApiError(SystemExit):
     pass
 
 
-def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
+def _call(args: argparse.Namespace, method: str, path: str, *, accept: tuple[int, ...] = (), **kwargs: Any) -> Any:
     from contextlab.cli import find_server
 
     url, token = find_server(args.url, args.token)
@@ -141,7 +141,7 @@ def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> An
         body = response.json()
     except ValueError:
         body = {"error": response.text}
-    if response.status_code >= 400:
+    if response.status_code >= 400 and response.status_code not in accept:
         message = body.get("error") or body.get("message") or response.reason_phrase
         raise ApiError(f"Error {response.status_code}: {message}")
     return body
@@ -365,14 +365,12 @@ def _policy_show(args: argparse.Namespace) -> int:
 
 
 def _policy_reload(args: argparse.Namespace) -> int:
-    from contextlab.cli import find_server
-
-    url, token = find_server(args.url, args.token)
-    response = httpx2.post(
-        f"{url.rstrip('/')}/{_API}/policy/reload", headers={"Authorization": f"token {token}"}, timeout=30
-    )
-    status = response.json()
-    _emit(
-        args, status, lambda s: f"Reloaded {s.get('path')}." if s.get("reloaded") else f"Not reloaded: {s.get('error')}"
-    )
-    return 0 if response.status_code == 200 else 1
+    status = _call(args, "POST", "policy/reload", accept=(422,))
+    if status["error"]:
+        text = f"Not reloaded; the previous policy stays in force. {status['error']}"
+    elif status["reloaded"]:
+        text = f"Reloaded {status['path']}."
+    else:
+        text = f"No policy file at {status['path']}: the built-in default policy is in force."
+    _emit(args, status, lambda _: text)
+    return 1 if status["error"] else 0

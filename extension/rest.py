@@ -303,7 +303,8 @@ class PolicyHandler(AdminHandler):
     async def post(self) -> None:
         self.require_admin()
         loaded = self.gateway.policy.reload(force=True)
-        self.reply({"reloaded": loaded, **self.gateway.policy.status()}, 200 if loaded else 422)
+        status = self.gateway.policy.status()
+        self.reply({"reloaded": loaded, **status}, 422 if status["error"] else 200)
 
 
 def parse_since(text: str) -> timedelta:

@@ -175,9 +175,9 @@ class ContextService:
         self.prompt_names = {name for manifest in self.manifests for name in manifest.prompts}
         # Which built-in provider serves a resource, by URI scheme (for policy decisions on reads).
         self.resource_schemes = {
-            template.split("://", 1)[0]: provider.name
-            for provider in providers
-            for template in provider.manifest().resource_templates
+            template.split("://", 1)[0]: manifest.name
+            for manifest in self.manifests
+            for template in manifest.resource_templates
             if "://" in template
         }
         self.server.middleware.append(self._observe)

@@ -241,6 +241,8 @@ def test_a_broken_policy_file_is_reported_and_the_old_policy_stays(gw):
     assert reloaded.status_code == 422
     assert "line" in reloaded.json()["error"]
     assert gw.api("GET", "contextlab/api/policy").json()["error"] == reloaded.json()["error"]
+    from_cli = cli(gw, "policy", "reload")
+    assert from_cli.returncode == 1 and "the previous policy stays in force" in from_cli.stdout
     # The old policy is still in force: the viewer may still call public tools, and only those.
     assert anyio.run(call, gw, "local__add", {"a": 2, "b": 2}, viewer).structured_content == {"result": 4}
     assert "logs__recent" not in anyio.run(tool_names, gw, viewer, "auto")
