@@ -13,7 +13,7 @@ from typing import Any
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import url_path_join
-from traitlets import Bool, Dict, Enum, Float, Instance, Int, List, Unicode, default
+from traitlets import Bool, Dict, Enum, Float, Instance, Int, List, Type, Unicode, default
 from traitlets.utils.importstring import import_item
 
 import contextlab
@@ -138,6 +138,12 @@ class ContextLab(ExtensionApp):
         "'*' for all.",
     ).tag(config=True)
 
+    registry_class = Type(Registry, klass=Registry, help="The upstream registry service.").tag(config=True)
+    router_class = Type(Router, klass=Router, help="The router that keeps upstream connections and catalogs.").tag(
+        config=True
+    )
+    gateway_class = Type(Gateway, klass=Gateway, help="The gateway that decides, limits and redacts.").tag(config=True)
+
     service = Instance(ContextService, allow_none=True)
     store = Instance(StateStore, allow_none=True)
     log_buffer = Instance(LogBuffer, allow_none=True)
@@ -169,9 +175,11 @@ class ContextLab(ExtensionApp):
         self._health_status: dict[str, Any] = {}
         self.events = EventBus(self.store)
         self.tokens = TokenService(self.store)
-        self.registry = Registry(self.store, SecretBox(Path(self.secret_key_file or self._default_key_file())))
+        self.registry = self.registry_class(
+            self.store, SecretBox(Path(self.secret_key_file or self._default_key_file()))
+        )
         self.reviews = ToolReviews(self.store)
-        self.router = Router(
+        self.router = self.router_class(
             self.registry,
             self.reviews,
             list_ttl_seconds=self.upstream_list_ttl_seconds,
@@ -186,7 +194,7 @@ class ContextLab(ExtensionApp):
         )
         self.router.on_health.append(self._publish_health)
         self._apply_manifests()
-        self.gateway = Gateway(
+        self.gateway = self.gateway_class(
             PolicyEngine(Path(self.policy_file or Path(self.state_dir) / "policy.yaml"), logger=self.log),
             jupyter_scopes=self.jupyter_user_scopes,
             jupyter_attributes=self.jupyter_user_attributes,

@@ -404,3 +404,18 @@ def test_upstream_sessions_are_kept_per_caller_identity_or_shared(gw):
     shared = {anyio.run(pids, token, "local__pid", 1)[0] for token in (viewer, gw.token)}
     assert len(shared) == 1
     assert show(gw, "local")["session_scope"] == "shared" and show(gw, "percaller")["session_scope"] == "caller"
+
+
+def test_the_gateway_class_can_be_swapped_through_config(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    swap = "--ContextLab.gateway_class=tests.support.gateway.HideEchoGateway"
+    server = start_server(root, tmp_path / "home", extra_args=["--ContextLab.providers=logs", swap])
+    try:
+        register(server, "local", stdio("tests.support.upstream_server", "stdio"))
+        names = wait_for(
+            lambda: (found := anyio.run(tool_names, server, server.token, "auto")) and "local__add" in found and found
+        )
+        assert "local__add" in names and "local__echo" not in names
+    finally:
+        server.stop()

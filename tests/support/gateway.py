@@ -8,6 +8,8 @@ import time
 
 import httpx
 
+from contextlab.extension.gateway import Gateway
+from contextlab.extension.principals import Caller, ToolTarget
 from tests.support.server import REPO, JupyterServer, mcp_session
 
 
@@ -43,3 +45,10 @@ def create_token(server: JupyterServer, name: str, scopes: list[str], **attribut
 async def tool_names(server: JupyterServer, token: str, mode: str) -> set[str]:
     async with mcp_session(server.mcp_url, token, mode) as client:
         return {tool.name for tool in (await client.list_tools()).tools}
+
+
+class HideEchoGateway(Gateway):
+    """A gateway subclass swapped in through `ContextLab.gateway_class`: it hides every `*__echo` tool."""
+
+    def may_list(self, caller: Caller, target: ToolTarget) -> bool:
+        return not target.name.endswith("__echo") and super().may_list(caller, target)
