@@ -635,6 +635,7 @@ def _noted_entry(note: CallNote, *, latency_ms: float, error: str | None, **fiel
         error=error[:2000] if error else None,
         decision=note.decision,
         redactions=note.redactions,
+        redaction_kinds=dict(note.kinds) or None,
         upstream=note.upstream,
         **fields,
     )

@@ -15,7 +15,6 @@ import itertools
 import json
 import logging
 import os
-import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Mapping
@@ -86,7 +85,6 @@ class UpstreamConnection(ABC):
         self.server_info: dict[str, Any] = {}
         self.capabilities: dict[str, Any] = {}
         self.instructions: str | None = None
-        self.last_used = time.monotonic()
         self._ids = itertools.count(1)
         self._connect_lock = asyncio.Lock()
         self.on_notification: Any = None
@@ -136,7 +134,6 @@ class UpstreamConnection(ABC):
         """Send one request and return its `result`; JSON-RPC errors raise UpstreamRPCError."""
         if not self.connected:
             await self.connect()
-        self.last_used = time.monotonic()
         payload = dict(params or {})
         if self.modern:
             payload["_meta"] = {**(payload.get("_meta") or {}), **_MODERN_META}

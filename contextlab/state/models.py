@@ -44,6 +44,7 @@ class AuditRecord(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     decision: Mapped[str | None] = mapped_column(String(128), nullable=True)
     redactions: Mapped[int] = mapped_column(Integer, default=0)
+    redaction_kinds: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     upstream: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     __table_args__ = (Index("ix_audit_log_target_ts", "target", "ts"),)

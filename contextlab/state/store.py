@@ -45,6 +45,7 @@ class AuditEntry:
     error: str | None = None
     decision: str | None = None
     redactions: int = 0
+    redaction_kinds: dict[str, int] | None = None
     upstream: str | None = None
     ts: datetime = field(default_factory=lambda: datetime.now(UTC))
 

@@ -250,6 +250,7 @@ def test_dlp_redacts_results_and_arguments_and_counts_in_audit(gw, tokens):
     assert echoed.content[0].text == "mail [REDACTED:email], badge [REDACTED:employee_id]"
     card_row = audit(gw, tool="demo__customer_card", limit=1)[0]
     assert card_row["redactions"] >= 3
+    assert {"email", "phone", "credit_card"} <= set(card_row["redaction_kinds"])
     assert audit(gw, tool="demo__echo", principal="token:scoped", limit=1)[0]["redactions"] == 2
     # The upstream saw the redacted argument: reversed, a real address ("gro.elpmaxe@bob") would no longer
     # look like one and would pass the result check, so only argument redaction can explain this answer.

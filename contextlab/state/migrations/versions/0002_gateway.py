@@ -65,12 +65,14 @@ def upgrade() -> None:
     with op.batch_alter_table("audit_log") as batch:
         batch.add_column(sa.Column("decision", sa.String(128), nullable=True))
         batch.add_column(sa.Column("redactions", sa.Integer(), nullable=False, server_default="0"))
+        batch.add_column(sa.Column("redaction_kinds", sa.JSON(), nullable=True))
         batch.add_column(sa.Column("upstream", sa.String(64), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("audit_log") as batch:
         batch.drop_column("upstream")
+        batch.drop_column("redaction_kinds")
         batch.drop_column("redactions")
         batch.drop_column("decision")
     op.drop_table("tool_reviews")
