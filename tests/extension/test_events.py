@@ -19,17 +19,8 @@ from tornado.web import Application
 
 from contextlab.extension.events import Event, EventBus
 from contextlab.extension.sse import EventsHandler
-from contextlab.state import StateStore
 from contextlab.state.models import EventRecord
 from tests.support.identity import HeaderUserIdentityProvider
-
-
-@pytest.fixture
-def store(tmp_path):
-    store = StateStore(f"sqlite:///{tmp_path / 's.db'}")
-    store.migrate()
-    yield store
-    store.close()
 
 
 @pytest.fixture

@@ -228,14 +228,6 @@ def test_secretbox_with_another_key_fails_with_advice(tmp_path):
 
 # -- Registry on a real store ---------------------------------------------------------------------
 @pytest.fixture
-def store(tmp_path):
-    state = StateStore(f"sqlite:///{tmp_path / 's.db'}")
-    state.migrate()
-    yield state
-    state.close()
-
-
-@pytest.fixture
 def registry(store, tmp_path):
     return Registry(store, SecretBox(tmp_path / "keys" / "nested" / "secret.key"))
 

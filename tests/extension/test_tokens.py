@@ -16,7 +16,6 @@ from contextlab.extension.tokens import (
     parse_expires,
     token_from_headers,
 )
-from contextlab.state import StateStore
 
 
 class FakeClock:
@@ -25,14 +24,6 @@ class FakeClock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-@pytest.fixture
-def store(tmp_path):
-    store = StateStore(f"sqlite:///{tmp_path / 's.db'}")
-    store.migrate()
-    yield store
-    store.close()
 
 
 @pytest.fixture
