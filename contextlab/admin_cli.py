@@ -1,4 +1,4 @@
-"""Gateway admin commands: `contextlab registry|token|audit|policy …`.
+"""Gateway admin commands: `contextlab registry|token|audit|policy|prompts …`.
 
 They talk to the running server's REST API (the server owns the state store), found the same way
 as `contextlab mcp-config` finds it, or given by --url/--token.
@@ -119,6 +119,10 @@ def add_admin_commands(sub: Any, add_server_arguments: Callable[[argparse.Argume
     command(
         psub, "reload", "Re-read the policy file now; a broken file leaves the old policy in force.", _policy_reload
     )
+
+    from contextlab.prompts_cli import add_prompt_commands
+
+    add_prompt_commands(sub, command)
 
 
 # -- plumbing -------------------------------------------------------------------------------------
@@ -351,11 +355,12 @@ def _audit(args: argparse.Namespace) -> int:
             e.get("decision"),
             e.get("redactions"),
             e.get("upstream"),
+            f"v{e['prompt_version']}@{e['prompt_label']}" if e.get("prompt_version") else None,
             e["latency_ms"],
         ]
         for e in entries
     ]
-    header = ["TS", "PRINCIPAL", "METHOD", "TARGET", "OUTCOME", "DECISION", "REDACTED", "UPSTREAM", "MS"]
+    header = ["TS", "PRINCIPAL", "METHOD", "TARGET", "OUTCOME", "DECISION", "REDACTED", "UPSTREAM", "PROMPT", "MS"]
     return _emit(args, entries, lambda _: _table(rows, header) if rows else "No matching entries.")
 
 

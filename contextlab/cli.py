@@ -107,6 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     from contextlab.admin_cli import add_admin_commands
 
     add_admin_commands(sub, _add_server_arguments)
+    from contextlab.provider_cli import add_provider_commands
+
+    add_provider_commands(sub, _add_server_arguments)
     return parser
 
 

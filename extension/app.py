@@ -23,11 +23,14 @@ from contextlab.extension.events import EventBus
 from contextlab.extension.gateway import Gateway
 from contextlab.extension.handlers import MCPHandler, StatusHandler, request_logger
 from contextlab.extension.policy import PolicyEngine
+from contextlab.extension.prompt_mlflow import MlflowPromptSync
+from contextlab.extension.prompts import PromptStore
 from contextlab.extension.registry import Registry, RegistryError, SecretBox, parse_manifest
 from contextlab.extension.router import Router, ToolReviews
 from contextlab.extension.service import AdminResource, ContextService
 from contextlab.extension.sources import JupyterKernelSource
 from contextlab.extension.tokens import TokenService
+from contextlab.extension.tool_search import MAX_K, ToolSearch
 from contextlab.providers.base import Provider
 from contextlab.providers.kernels import KernelsProvider
 from contextlab.providers.logs import LogBuffer, LogsProvider
@@ -138,6 +141,30 @@ class ContextLab(ExtensionApp):
         "'*' for all.",
     ).tag(config=True)
 
+    mlflow_tracking_uri = Unicode(
+        "",
+        help="MLflow tracking and prompt-registry URI that tool-description versions are mirrored to. "
+        "Default: sqlite:///<state_dir>/mlflow.db.",
+    ).tag(config=True)
+    mlflow_prompt_sync = Bool(
+        True, help="Mirror tool-description versions and labels into the MLflow prompt registry."
+    ).tag(config=True)
+
+    tool_search = Bool(
+        True, help="Serve the search_tools meta-tool and the top_k tools/list mode from a LanceDB tool index."
+    ).tag(config=True)
+    tool_index_dir = Unicode("", help="LanceDB folder of the tool index. Default: <state_dir>/tool-index.").tag(
+        config=True
+    )
+    tool_search_k = Int(
+        5, help=f"Tools returned by search_tools and the top_k listing when k is not given (1–{MAX_K})."
+    ).tag(config=True)
+    pinned_tools = List(
+        Unicode(),
+        default_value=[],
+        help="Glob patterns of essential tools always listed in top_k mode (search_tools is always listed).",
+    ).tag(config=True)
+
     registry_class = Type(Registry, klass=Registry, help="The upstream registry service.").tag(config=True)
     router_class = Type(Router, klass=Router, help="The router that keeps upstream connections and catalogs.").tag(
         config=True
@@ -155,6 +182,10 @@ class ContextLab(ExtensionApp):
     @property
     def root_dir(self) -> Path:
         return Path(self.serverapp.root_dir).expanduser().resolve()
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{Path(self.state_dir) / 'mlflow.db'}"
 
     @property
     def mcp_url_path(self) -> str:
@@ -200,8 +231,14 @@ class ContextLab(ExtensionApp):
             jupyter_attributes=self.jupyter_user_attributes,
             builtin_attributes=self.builtin_attributes,
         )
+        self.prompts = PromptStore(self.store)
+        self.prompts.listeners.append(
+            lambda prompt, action: self.events.publish("prompts.changed", {"prompt": prompt, "action": action})
+        )
+        self.prompt_sync = MlflowPromptSync(self.prompts, self.mlflow_uri) if self.mlflow_prompt_sync else None
         self.service = ContextService(
             providers,
+            prompts=self.prompts,
             audit=AuditWriter(self.store),
             stats=self.request_stats,
             gateway=self.gateway,
@@ -211,6 +248,17 @@ class ContextLab(ExtensionApp):
             session_idle_timeout=self.session_idle_timeout,
             resource_poll_seconds=self.resource_poll_seconds,
         )
+        self.searcher: ToolSearch | None = None
+        if self.tool_search:
+            self.searcher = ToolSearch(
+                Path(self.tool_index_dir or Path(self.state_dir) / "tool-index"),
+                self.service.tool_catalog,
+                self.gateway.visible,
+                prompts=self.prompts,
+                default_k=self.tool_search_k,
+                pinned=self.pinned_tools,
+            )
+            self.service.attach_tool_search(self.searcher)
         self.store.save_manifests([m.model_dump(mode="json") for m in self.service.manifests])
         self.log.info(
             "ContextLab %s: MCP endpoint at %s with providers %s",
@@ -261,7 +309,14 @@ class ContextLab(ExtensionApp):
 
     def initialize_handlers(self) -> None:
         admin = {"service": self.service, "tokens": self.tokens, "store": self.store}
-        admin_extra = {**admin, "registry": self.registry, "router": self.router, "reviews": self.reviews}
+        admin_extra = {
+            **admin,
+            "registry": self.registry,
+            "router": self.router,
+            "reviews": self.reviews,
+            "prompts": self.prompts,
+            "prompt_sync": self.prompt_sync,
+        }
         self.handlers.extend(
             [
                 (
@@ -284,6 +339,18 @@ class ContextLab(ExtensionApp):
                 ),
                 (r"/contextlab/api/reviews", rest.ReviewsHandler, admin_extra),
                 (r"/contextlab/api/reviews/([a-z][a-z0-9-]*)/([^/]+)/approve", rest.ReviewsHandler, admin_extra),
+                (r"/contextlab/api/prompts", rest.PromptsHandler, admin_extra),
+                (r"/contextlab/api/prompts/([A-Za-z0-9_.-]+)", rest.PromptsHandler, admin_extra),
+                (
+                    r"/contextlab/api/prompts/([A-Za-z0-9_.-]+)/(diff|versions|rollback)",
+                    rest.PromptsHandler,
+                    admin_extra,
+                ),
+                (
+                    r"/contextlab/api/prompts/([A-Za-z0-9_.-]+)/(labels)/([a-z][a-z0-9_-]*)",
+                    rest.PromptsHandler,
+                    admin_extra,
+                ),
                 (r"/contextlab/api/tokens", rest.TokensHandler, admin),
                 (r"/contextlab/api/tokens/([A-Za-z0-9]+)", rest.TokensHandler, admin),
                 (r"/contextlab/api/audit", rest.AuditHandler, admin),
@@ -344,6 +411,8 @@ class ContextLab(ExtensionApp):
     # -- lifecycle -------------------------------------------------------------------------------
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         await self.service.start()
+        if self.searcher is not None:
+            self._index_task = asyncio.create_task(self._warm_tool_index(), name="contextlab-tool-index")
         self._policy_task = asyncio.create_task(self._watch_policy(), name="contextlab-policy-watch")
         if self.freeze_startup_objects:
             gc.collect()
@@ -354,6 +423,13 @@ class ContextLab(ExtensionApp):
                 file=sys.stdout,
                 flush=True,
             )
+
+    async def _warm_tool_index(self) -> None:
+        # Build the index before the first search needs it; a failure is retried by that search.
+        try:
+            await self.searcher.ensure_fresh()
+        except Exception:
+            self.log.exception("ContextLab could not build the tool index; search_tools will retry")
 
     async def _watch_policy(self) -> None:
         # The engine logs load errors itself and keeps the previous policy in force.
@@ -366,6 +442,10 @@ class ContextLab(ExtensionApp):
             self._policy_task.cancel()
         if self.service is not None:
             await self.service.stop()
+        if getattr(self, "prompt_sync", None) is not None:
+            self.prompt_sync.close()
+        if getattr(self, "searcher", None) is not None:
+            self.searcher.close()
         if getattr(self, "events", None) is not None:
             self.events.close()
         if self.log_buffer is not None:

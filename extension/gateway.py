@@ -36,6 +36,8 @@ class CallNote:
     redactions: int = 0
     upstream: str | None = None
     kinds: dict[str, int] = field(default_factory=dict)
+    prompt_version: int | None = None  # the tool-description version the caller saw
+    prompt_label: str | None = None  # the label that chose it (stable or canary)
     audited: bool = False  # the forwarding path already wrote this request's audit row
 
     def add_redactions(self, counts: Mapping[str, int]) -> None:

@@ -256,6 +256,9 @@ class StatusHandler(APIHandler):
             "version": contextlab.__version__,
             "mcp_path": self.mcp_url_path,
             "providers": providers,
+            "meta_tools": sorted(self.service.tool_names - {t for p in providers for t in p["tools"]}),
             "tool_count": len(self.service.tool_names),
         }
+        if self.service.tool_search is not None:
+            status["tool_index"] = self.service.tool_search.stats()
         self.finish(json.dumps(status))

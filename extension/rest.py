@@ -19,9 +19,10 @@ from tornado import web
 from contextlab.extension.events import EventBus
 from contextlab.extension.gateway import Gateway
 from contextlab.extension.handlers import AUTH_RESOURCE, GatewayAuthMixin
+from contextlab.extension.prompts import SERVED, DescriptionContent, PromptError, PromptStore, merge_content
 from contextlab.extension.registry import Registry, RegistryError, UpstreamSpec, parse_manifest
 from contextlab.extension.router import Router, ToolReviews
-from contextlab.extension.service import ContextService
+from contextlab.extension.service import INSTRUCTIONS_PROMPT, ContextService
 from contextlab.extension.sse import EventsHandler
 from contextlab.extension.tokens import TokenRecord, TokenService, parse_expires
 from contextlab.state import StateStore
@@ -340,3 +341,172 @@ class EventsStreamHandler(GatewayAuthMixin, EventsHandler):
         if caller is None or caller.kind == "jupyter" or caller.is_admin:
             return None
         return caller.tenant
+
+
+class PromptsHandler(AdminHandler):
+    """Tool descriptions as versioned prompts: list, show, new version, diff, labels, rollback."""
+
+    @property
+    def prompts(self) -> PromptStore:
+        return self.extra["prompts"]
+
+    @web.authenticated
+    @authorized
+    async def get(self, name: str | None = None, action: str | None = None) -> None:
+        self.require_admin()
+        catalog = {tool["name"]: (tool, target) for tool, target in await self._catalog()}
+        if name is None:
+            self.reply(self._listing(catalog))
+            return
+        try:
+            if action == "diff":
+                self.reply(self._diff(name))
+                return
+            versions = self.prompts.versions(name)
+            if not versions and name not in catalog:
+                raise PromptError(_unknown_tool(name), 404)
+        except PromptError as exc:
+            self.fail(exc)
+            return
+        tool, target = catalog.get(name, ({}, None))
+        self.reply(
+            {
+                "name": name,
+                "server": target.server if target is not None else None,
+                "published": DescriptionContent.of_tool(tool).to_dict() if tool else None,
+                "versions": [v.to_dict() for v in versions],
+                "labels": [label.to_dict() for label in self.prompts.labels(name)],
+            }
+        )
+
+    @web.authenticated
+    @authorized
+    async def post(self, name: str, action: str | None = None) -> None:
+        self.require_admin()
+        if action not in ("versions", "rollback"):
+            raise web.HTTPError(405, "POST to prompts/<name>/versions or prompts/<name>/rollback.")
+        body = self.json_body() or {}
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, "The body must be a JSON object.")
+        author = self.caller.name if self.caller is not None else "admin"
+        try:
+            if action == "versions":
+                self.reply((await self._new_version(name, body, author)).to_dict(), 201)
+            else:  # rollback
+                to = body.get("to")
+                if to is not None and not isinstance(to, int):
+                    raise PromptError('"to" must be a version number.', 422)
+                label = self.prompts.rollback(name, author=author, label=str(body.get("label") or SERVED), to=to)
+                self.reply(label.to_dict())
+        except PromptError as exc:
+            self.fail(exc)
+
+    @web.authenticated
+    @authorized
+    async def put(self, name: str, action: str, label: str) -> None:
+        self.require_admin()
+        body = self.json_body() or {}
+        version, weight = body.get("version") if isinstance(body, dict) else None, None
+        try:
+            if not isinstance(version, int):
+                raise PromptError('The body needs "version": the version number the label should point at.', 422)
+            weight = body.get("weight")
+            if weight is not None and not isinstance(weight, int | float):
+                raise PromptError('"weight" is a percentage (0–100).', 422)
+            author = self.caller.name if self.caller is not None else "admin"
+            self.reply(self.prompts.set_label(name, label, version, author=author, weight=weight).to_dict())
+        except PromptError as exc:
+            self.fail(exc)
+
+    @web.authenticated
+    @authorized
+    async def delete(self, name: str, action: str, label: str) -> None:
+        self.require_admin()
+        try:
+            self.prompts.delete_label(name, label, author=self.caller.name if self.caller is not None else "admin")
+        except PromptError as exc:
+            self.fail(exc)
+            return
+        self.set_status(204)
+        self.finish()
+
+    def fail(self, exc: RegistryError | PromptError) -> None:
+        self.reply({"error": str(exc), "status": exc.status}, exc.status)
+
+    def _listing(self, catalog: dict[str, tuple[dict[str, Any], Any]]) -> dict[str, Any]:
+        summary = self.prompts.summary()
+        rows = []
+        for name in sorted(set(catalog) | set(summary)):
+            tool, target = catalog.get(name, ({}, None))
+            managed = summary.get(name, {})
+            rows.append(
+                {
+                    "name": name,
+                    "server": target.server if target is not None else None,
+                    "available": name in catalog,
+                    "description": str(tool.get("description") or ""),
+                    "versions": managed.get("versions", 0),
+                    "labels": managed.get("labels", {}),
+                }
+            )
+        sync = self.extra.get("prompt_sync")
+        return {"prompts": rows, "mlflow": sync.status() if sync is not None else None}
+
+    def _diff(self, name: str) -> dict[str, Any]:
+        versions = self.prompts.versions(name)
+        if not versions:
+            raise PromptError(f"Prompt {name!r} has no versions yet; nothing to compare.", 404)
+        new = _int_argument(self, "to", versions[-1].version)
+        old = _int_argument(self, "from", max(1, new - 1))
+        return {"name": name, "from": old, "to": new, "diff": self.prompts.diff(name, old, new)}
+
+    async def _new_version(self, name: str, body: dict[str, Any], author: str) -> Any:
+        unknown = sorted(set(body) - {"description", "parameters", "message", "canary_weight", "promote", "labels"})
+        if unknown:
+            raise PromptError(f"Unknown field(s): {', '.join(unknown)}.", 422)
+        description, parameters = body.get("description"), body.get("parameters") or {}
+        if description is not None and not isinstance(description, str):
+            raise PromptError('"description" must be a string.', 422)
+        if not isinstance(parameters, dict) or not all(isinstance(v, str) for v in parameters.values()):
+            raise PromptError('"parameters" must map parameter names to description strings.', 422)
+        if description is None and not parameters:
+            raise PromptError('Give a new "description", new "parameters" descriptions, or both.', 422)
+        weight = body.get("canary_weight")
+        if weight is not None and not isinstance(weight, int | float):
+            raise PromptError('"canary_weight" is a percentage (0–100).', 422)
+        tool = next((t for t, _ in await self._catalog() if t["name"] == name), None)
+        versions = self.prompts.versions(name)
+        if tool is None and not versions:
+            raise PromptError(_unknown_tool(name), 404)
+        published = DescriptionContent.of_tool(tool) if tool is not None else versions[0].content
+        current = versions[-1].content if versions else published
+        known = set(((tool or {}).get("inputSchema") or {}).get("properties") or {}) or set(current.parameters)
+        content = merge_content(current, description, parameters, known)
+        return self.prompts.create_version(
+            name,
+            content,
+            author=author,
+            message=str(body.get("message") or ""),
+            baseline=published,
+            promote=bool(body.get("promote", True)),
+            canary_weight=weight,
+            labels=tuple(body.get("labels") or ()),
+            kind="instructions" if name == INSTRUCTIONS_PROMPT else "tool",
+        )
+
+    async def _catalog(self) -> list[tuple[dict[str, Any], Any]]:
+        return [*await self.service.tool_catalog(), *self.service.prompt_catalog()]
+
+
+def _unknown_tool(name: str) -> str:
+    return f"No tool named {name!r}. `contextlab prompts list` shows the tools and their description versions."
+
+
+def _int_argument(handler: APIHandler, name: str, default: int) -> int:
+    value = handler.get_query_argument(name, None)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise PromptError(f"Query argument {name!r} must be a version number, not {value!r}.", 400) from None

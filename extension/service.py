@@ -17,16 +17,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.subscriptions import PromptsListChanged, ResourcesListChanged, ToolsListChanged
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
-from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR, CallToolResult
+from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR, CallToolResult, ToolAnnotations
 from mcp_types import Resource as MCPResource
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from starlette.types import Receive, Scope, Send
 
 import contextlab
@@ -40,6 +41,7 @@ from contextlab.extension.gateway import (
     current_note,
 )
 from contextlab.extension.principals import Caller, ToolTarget
+from contextlab.extension.prompts import PromptStore
 from contextlab.extension.router import (
     UPSTREAM_URI_SCHEME,
     BreakerOpen,
@@ -48,6 +50,14 @@ from contextlab.extension.router import (
     parse_upstream_resource_uri,
 )
 from contextlab.extension.subscriptions import CountingBus, ResourceWatcher
+from contextlab.extension.tool_search import (
+    MAX_K,
+    SEARCH_DESCRIPTION,
+    SEARCH_TOOL,
+    SearchToolsResult,
+    ToolSearch,
+    listing_filter,
+)
 from contextlab.extension.upstreams import MODERN_VERSION, UpstreamError, UpstreamRPCError
 from contextlab.providers.base import Provider
 from contextlab.providers.metrics import RequestStats
@@ -66,6 +76,10 @@ INSTRUCTIONS = (
     "including DataFrames), sql__* (DuckDB schemas and read-only queries), logs__* and metrics__*. "
     "Start with sql__schema or kernels__variables before writing code or SQL."
 )
+
+
+INSTRUCTIONS_PROMPT = "contextlab.instructions"
+"""The prompt that holds the endpoint's own server instructions (versioned like a tool description)."""
 
 
 def parse_jsonrpc(body: bytes) -> tuple[Any, tuple[int, str] | None]:
@@ -147,8 +161,11 @@ class ContextService:
         session_idle_timeout: float = 1800,
         resource_poll_seconds: float = 2.0,
         admin_resources: Mapping[str, AdminResource] | None = None,
+        prompts: PromptStore | None = None,
     ) -> None:
         self.providers = providers
+        self.prompts = prompts
+        self.tool_search: ToolSearch | None = None
         self.audit = audit
         self.stats = stats
         self.gateway = gateway
@@ -199,6 +216,9 @@ class ContextService:
         self._watcher_task: asyncio.Task[None] | None = None
         if router is not None:
             router.on_catalog_changed.append(self.announce_lists_changed)
+        if prompts is not None:
+            prompts.listeners.append(self._prompt_changed)
+            self._apply_instructions()
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -283,6 +303,7 @@ class ContextService:
             if not isinstance(arguments, dict):
                 raise MCPError(INVALID_PARAMS, '"arguments" must be an object.')
             self.gateway.admit(caller, route.target)
+            self._note_prompt(note, route.target.name, caller)
             arguments = self.gateway.redact(arguments, "arguments")
             result = await self._upstream_call(route, caller, arguments)
             result = self.gateway.redact(result, "results")
@@ -319,7 +340,83 @@ class ContextService:
         with _upstream_errors():
             return await self.router.call_tool(route, caller, arguments)
 
+    def _prompt_changed(self, prompt: str, _action: str) -> None:
+        if prompt == INSTRUCTIONS_PROMPT:
+            self._apply_instructions()
+        else:
+            self.announce_tools_changed()
+
+    def _apply_instructions(self) -> None:
+        # Stateless clients read them on every discover; session clients on their next initialize.
+        version = self.prompts.stable(INSTRUCTIONS_PROMPT) if self.prompts is not None else None
+        self.server._lowlevel_server.instructions = version.content.description if version else INSTRUCTIONS
+
+    def prompt_catalog(self) -> list[tuple[dict[str, Any], ToolTarget]]:
+        """Prompts that are not tools: the endpoint's server instructions."""
+        target = ToolTarget(INSTRUCTIONS_PROMPT, "contextlab", "instructions", upstream=False, attributes={})
+        return [({"name": INSTRUCTIONS_PROMPT, "description": INSTRUCTIONS}, target)]
+
+    def _note_prompt(self, note: CallNote, name: str, caller: Caller) -> None:
+        if self.prompts is not None:
+            version, label = self.prompts.resolve(name, caller.name)
+            if version is not None:
+                note.prompt_version, note.prompt_label = version.version, label
+
+    async def tool_catalog(self) -> list[tuple[dict[str, Any], ToolTarget]]:
+        """Every tool the endpoint can route (built-in and upstream) with its published text, for every caller."""
+        items = [
+            (tool.model_dump(by_alias=True, exclude_none=True, mode="json"), self._builtin_tool_target(tool.name))
+            for tool in await self.server.list_tools()
+        ]
+        if self.router is not None:
+            await self.router.refresh()
+            items += self.router.tools()
+        return items
+
+    def attach_tool_search(self, search: ToolSearch) -> None:
+        """Serve the `search_tools` meta-tool and the `top_k` listing mode from `search`."""
+        self.tool_search = search
+
+        async def search_tools(
+            query: Annotated[str, Field(description="The task in plain words, e.g. 'current time in Tokyo'.")],
+            k: Annotated[int, Field(ge=1, le=MAX_K, description="How many tools to return.")] = search.default_k,
+        ) -> SearchToolsResult:
+            note = current_note.get()
+            if note is None or note.caller is None:
+                raise ToolError("search_tools needs an authenticated caller.")
+            try:
+                return await search.search(note.caller, query, k)
+            except ValueError as exc:
+                raise ToolError(str(exc)) from exc
+
+        self.server.add_tool(
+            search_tools,
+            name=SEARCH_TOOL,
+            title="Search tools",
+            description=SEARCH_DESCRIPTION,
+            annotations=ToolAnnotations(readOnlyHint=True, idempotentHint=True),
+        )
+        self.tool_names.add(SEARCH_TOOL)
+        if self.router is not None:
+            self.router.on_catalog_changed.append(search.mark_stale)
+        if self.prompts is not None:
+            self.prompts.listeners.append(search.mark_stale)
+
     # -- list changes -----------------------------------------------------------------------------
+    def announce_tools_changed(self) -> None:
+        """Tell every client that the tool list (or a tool's text) changed."""
+        task = asyncio.get_running_loop().create_task(self._announce_tools_changed())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _announce_tools_changed(self) -> None:
+        await self.bus.publish(ToolsListChanged())
+        for session_id, session in list(self._legacy_sessions.items()):
+            try:
+                await session.send_tool_list_changed()
+            except Exception:
+                self._legacy_sessions.pop(session_id, None)
+
     def announce_lists_changed(self) -> None:
         """Tell every client that tools, prompts and resources may have changed."""
         task = asyncio.get_running_loop().create_task(self._announce_lists_changed())
@@ -439,6 +536,17 @@ class ContextService:
             await self.router.refresh()
             upstream = getattr(self.router, upstream_kind)()
             items = items + self.gateway.visible(caller, upstream)
+        if key == "tools" and self.prompts is not None:
+            items = [self.prompts.apply(item, caller.name) for item in items]
+        if key == "tools" and self.tool_search is not None:
+            request = ctx.request
+            query_params = getattr(request, "query_params", None) or {}
+            try:
+                top_k, query, k = listing_filter(ctx.params or {}, query_params)
+                if top_k:
+                    items = await self.tool_search.top_k_listing(caller, items, query, k)
+            except ValueError as exc:
+                raise MCPError(INVALID_PARAMS, str(exc)) from exc
         data[key] = items
         return data
 
@@ -446,6 +554,9 @@ class ContextService:
         return {uri: r.version() for uri, r in self.admin_resources.items() if r.version is not None}
 
     def _builtin_tool_target(self, name: str) -> ToolTarget:
+        if name == SEARCH_TOOL:
+            attributes = self.gateway.builtin_attributes.get("contextlab") or self.gateway.builtin_attributes.get("*")
+            return ToolTarget(name, "contextlab", name, upstream=False, attributes=attributes or {})
         return self.gateway.builtin_target(name)
 
     async def _call_tool(
@@ -477,7 +588,10 @@ class ContextService:
             raise MCPError(
                 INVALID_PARAMS, f"Unknown tool {name!r}. Call tools/list to see the tools this server offers."
             )
-        self.gateway.admit(caller, self.gateway.builtin_target(name))
+        self.gateway.admit(caller, self._builtin_tool_target(name))
+        note = current_note.get()
+        if note is not None:
+            self._note_prompt(note, name, caller)
         arguments = params.get("arguments")
         if isinstance(arguments, dict) and "arguments" in self.gateway.policy.policy.dlp.apply_to:
             redacted = self.gateway.redact(arguments, "arguments")
@@ -637,6 +751,8 @@ def _noted_entry(note: CallNote, *, latency_ms: float, error: str | None, **fiel
         redactions=note.redactions,
         redaction_kinds=dict(note.kinds) or None,
         upstream=note.upstream,
+        prompt_version=note.prompt_version,
+        prompt_label=note.prompt_label,
         **fields,
     )
 

@@ -46,6 +46,8 @@ class AuditRecord(Base):
     redactions: Mapped[int] = mapped_column(Integer, default=0)
     redaction_kinds: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     upstream: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    prompt_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    prompt_label: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
     __table_args__ = (Index("ix_audit_log_target_ts", "target", "ts"),)
 
@@ -111,3 +113,34 @@ class ToolReviewRow(Base):
     findings: Mapped[list] = mapped_column(JSON, default=list)
     reviewer: Mapped[str | None] = mapped_column(String(256), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PromptVersionRow(Base):
+    """One immutable version of a tool's user-facing text (description and parameter descriptions)."""
+
+    __tablename__ = "prompt_versions"
+
+    prompt: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    content: Mapped[dict] = mapped_column(JSON)
+    author: Mapped[str] = mapped_column(String(256))
+    message: Mapped[str] = mapped_column(Text, default="")
+    diff: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    mlflow_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class PromptLabelRow(Base):
+    """A label (stable, canary, latest, custom) pointing at a prompt version; canary carries a traffic share."""
+
+    __tablename__ = "prompt_labels"
+
+    prompt: Mapped[str] = mapped_column(String(128), primary_key=True)
+    label: Mapped[str] = mapped_column(String(32), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    weight: Mapped[float | None] = mapped_column(Float, nullable=True)
+    history: Mapped[list] = mapped_column(JSON, default=list)
+    updated_by: Mapped[str] = mapped_column(String(256))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    mlflow_synced: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -47,6 +47,8 @@ class AuditEntry:
     redactions: int = 0
     redaction_kinds: dict[str, int] | None = None
     upstream: str | None = None
+    prompt_version: int | None = None
+    prompt_label: str | None = None
     ts: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 

@@ -14,11 +14,25 @@ import pytest
 
 from tests.support.server import free_port, isolated_env, mcp_session, structured, wait_for
 
-COMMANDS = ["up", "mcp-config", "doctor", "enable", "demo", "registry", "token", "audit", "policy"]
+COMMANDS = [
+    "up",
+    "mcp-config",
+    "doctor",
+    "enable",
+    "demo",
+    "registry",
+    "token",
+    "audit",
+    "policy",
+    "prompts",
+    "provider",
+]
 SUBCOMMANDS = [
     ["registry", action]
     for action in ("add", "add-provider", "list", "show", "enable", "disable", "remove", "health", "apply", "reviews")
 ] + [["registry", "approve"], ["token", "create"], ["token", "list"], ["token", "revoke"], ["policy", "show"]]
+SUBCOMMANDS += [["prompts", action] for action in ("list", "show", "diff", "set", "label", "rollback")]
+SUBCOMMANDS += [["provider", "new"], ["provider", "regenerate"]]
 
 
 def run_cli(*args, env=None, timeout=60):

@@ -16,11 +16,19 @@ def test_migrations_create_the_tables_and_are_idempotent(tmp_path):
     store.migrate()
     store.migrate()
     inspector = sa.inspect(store.engine)
-    assert {"provider_manifests", "audit_log", "alembic_version", "upstream_servers", "api_tokens", "events"} <= set(
-        inspector.get_table_names()
-    )
+    assert {
+        "provider_manifests",
+        "audit_log",
+        "alembic_version",
+        "upstream_servers",
+        "api_tokens",
+        "events",
+        "prompt_versions",
+        "prompt_labels",
+    } <= set(inspector.get_table_names())
+    assert {"prompt_version", "prompt_label"} <= {c["name"] for c in inspector.get_columns("audit_log")}
     with store.engine.connect() as con:
-        assert con.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert con.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0003"
     store.close()
 
 

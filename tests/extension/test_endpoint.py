@@ -291,7 +291,8 @@ def test_status_api_reports_version_and_the_tools_tools_list_serves(server):
             return {t.name for t in (await client.list_tools()).tools}
 
     listed = anyio.run(go)
-    assert {t for p in status["providers"] for t in p["tools"]} == listed
+    assert {t for p in status["providers"] for t in p["tools"]} | set(status["meta_tools"]) == listed
+    assert status["meta_tools"] == ["search_tools"]
     assert status["tool_count"] == len(listed)
     assert httpx.get(f"{server.url}contextlab/api/status", timeout=10).status_code == 403
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 
+import anyio
 import httpx
 
 from contextlab.extension.gateway import Gateway
@@ -52,3 +54,37 @@ class HideEchoGateway(Gateway):
 
     def may_list(self, caller: Caller, target: ToolTarget) -> bool:
         return not target.name.endswith("__echo") and super().may_list(caller, target)
+
+
+def local_upstream(name: str, **attributes) -> dict:
+    """A registry entry for the test upstream server over stdio."""
+    entry = {
+        "name": name,
+        "transport": "stdio",
+        "command": stdio("tests.support.upstream_server", "stdio"),
+        "cwd": str(REPO),
+    }
+    if attributes:
+        entry["attributes"] = attributes
+    return entry
+
+
+def write_manifest(path, servers: list[dict]):
+    """A registry manifest file for `ContextLab.registry_manifests`."""
+    path.write_text(json.dumps({"version": 1, "servers": servers}))
+    return path
+
+
+def listed_names(server) -> set[str]:
+    """Tool names the server lists to its Jupyter token (a blocking helper for sync tests)."""
+    return anyio.run(tool_names, server, server.token, "auto")
+
+
+def call_tool(server, tool: str, arguments: dict):
+    """Call a tool as the Jupyter token's user and return the raw result (a blocking helper)."""
+
+    async def run():
+        async with mcp_session(server.mcp_url, server.token) as client:
+            return await client.call_tool(tool, arguments)
+
+    return anyio.run(run)
