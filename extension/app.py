@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import json
 import logging
+import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.utils import url_path_join
-from traitlets import Bool, Dict, Enum, Float, Instance, Int, List, Type, Unicode, default
+from traitlets import Bool, Dict, Enum, Float, Instance, Int, List, TraitError, Type, Unicode, default, validate
 from traitlets.utils.importstring import import_item
 
 import contextlab
-from contextlab.connect import connection_banner
+from contextlab.connect import connection_banner, mcp_url
 from contextlab.extension import rest
+from contextlab.extension.copilot_records import CopilotRecords
 from contextlab.extension.events import EventBus
 from contextlab.extension.gateway import Gateway
 from contextlab.extension.handlers import MCPHandler, StatusHandler, request_logger
@@ -165,6 +169,20 @@ class ContextLab(ExtensionApp):
         help="Glob patterns of essential tools always listed in top_k mode (search_tools is always listed).",
     ).tag(config=True)
 
+    copilot_models = List(
+        default_value=[],
+        help="Models the Copilot may use, as ModelSpec dicts: name, backend (openai|anthropic|local), model, "
+        "base_url, api_key_env, locality (local|private|public), cost_per_1k_input, cost_per_1k_output, "
+        "timeout_s, latency. The offline SmolLM2 model is always available as 'smollm2'.",
+    ).tag(config=True)
+    copilot_default_chain = List(
+        Unicode(), default_value=[], help="The order models are tried in (default: as listed, then smollm2)."
+    ).tag(config=True)
+    copilot_budgets = Dict(default_value={}, help="LLM budget per project, in the models' cost unit.").tag(config=True)
+    copilot_target_latency = Dict(
+        default_value={}, help="Latency preference per Copilot target: target -> 'fast' puts fast models first."
+    ).tag(config=True)
+
     registry_class = Type(Registry, klass=Registry, help="The upstream registry service.").tag(config=True)
     router_class = Type(Router, klass=Router, help="The router that keeps upstream connections and catalogs.").tag(
         config=True
@@ -174,6 +192,23 @@ class ContextLab(ExtensionApp):
     service = Instance(ContextService, allow_none=True)
     store = Instance(StateStore, allow_none=True)
     log_buffer = Instance(LogBuffer, allow_none=True)
+
+    @validate("copilot_models")
+    def _valid_copilot_models(self, proposal: Any) -> list[dict[str, Any]]:
+        # On the command line each model is a JSON object: --ContextLab.copilot_models='{"name": ...}'.
+        from contextlab.copilot.llm import ModelSpec
+
+        models = []
+        for item in proposal["value"]:
+            model = json.loads(item) if isinstance(item, str) else item
+            if not isinstance(model, dict):
+                raise TraitError(f"ContextLab.copilot_models: each model is an object, not {item!r}.")
+            try:
+                ModelSpec.from_dict(dict(model))
+            except (TypeError, ValueError) as exc:
+                raise TraitError(f"ContextLab.copilot_models: {exc}") from exc
+            models.append(model)
+        return models
 
     @default("state_dir")
     def _default_state_dir(self) -> str:
@@ -267,6 +302,21 @@ class ContextLab(ExtensionApp):
             ", ".join(self.providers),
         )
 
+    def copilot_config(self) -> dict[str, Any]:
+        """The Copilot's model configuration, as kernels fetch it (no secrets: keys stay in env vars)."""
+        from contextlab.copilot.llm import OFFLINE_MODEL, ModelSpec
+
+        models = [ModelSpec.from_dict(dict(m)) for m in self.copilot_models]
+        if not any(m.name == OFFLINE_MODEL.name for m in models):
+            models.append(OFFLINE_MODEL)
+        chain = list(self.copilot_default_chain) or [m.name for m in models]
+        return {
+            "models": [dataclasses.asdict(m) for m in models],
+            "default_chain": chain,
+            "budgets": dict(self.copilot_budgets),
+            "target_latency": dict(self.copilot_target_latency),
+        }
+
     def _admin_resources(self) -> dict[str, AdminResource]:
         def recent_audit() -> str:
             if self.service is not None and self.service.audit is not None:
@@ -316,6 +366,8 @@ class ContextLab(ExtensionApp):
             "reviews": self.reviews,
             "prompts": self.prompts,
             "prompt_sync": self.prompt_sync,
+            "copilot_records": CopilotRecords(self.store),
+            "copilot_config": self.copilot_config,
         }
         self.handlers.extend(
             [
@@ -351,6 +403,7 @@ class ContextLab(ExtensionApp):
                     rest.PromptsHandler,
                     admin_extra,
                 ),
+                (r"/contextlab/api/copilot/(models|usage|suggestions|feedback)", rest.CopilotHandler, admin_extra),
                 (r"/contextlab/api/tokens", rest.TokensHandler, admin),
                 (r"/contextlab/api/tokens/([A-Za-z0-9]+)", rest.TokensHandler, admin),
                 (r"/contextlab/api/audit", rest.AuditHandler, admin),
@@ -411,6 +464,7 @@ class ContextLab(ExtensionApp):
     # -- lifecycle -------------------------------------------------------------------------------
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         await self.service.start()
+        self._export_kernel_connection(serverapp)
         if self.searcher is not None:
             self._index_task = asyncio.create_task(self._warm_tool_index(), name="contextlab-tool-index")
         self._policy_task = asyncio.create_task(self._watch_policy(), name="contextlab-policy-watch")
@@ -423,6 +477,19 @@ class ContextLab(ExtensionApp):
                 file=sys.stdout,
                 flush=True,
             )
+
+    def _export_kernel_connection(self, serverapp: Any) -> None:
+        # Kernels this server starts inherit its environment: that is how %%copilot finds the endpoint.
+        os.environ["CONTEXTLAB_MCP_URL"] = mcp_url(serverapp.connection_url)
+        token = serverapp.identity_provider.token
+        if not token:  # password or external auth: give kernels a token of their own, valid for a day
+            token, _ = self.tokens.create(
+                "kernels",
+                ["*"],
+                expires_in=timedelta(days=1),
+                attributes=self.jupyter_user_attributes.get("*") or {},
+            )
+        os.environ["CONTEXTLAB_TOKEN"] = token
 
     async def _warm_tool_index(self) -> None:
         # Build the index before the first search needs it; a failure is retried by that search.

@@ -16,6 +16,7 @@ from jupyter_server.base.handlers import APIHandler
 from pydantic import ValidationError
 from tornado import web
 
+from contextlab.extension.copilot_records import CopilotRecords, RecordError
 from contextlab.extension.events import EventBus
 from contextlab.extension.gateway import Gateway
 from contextlab.extension.handlers import AUTH_RESOURCE, GatewayAuthMixin
@@ -510,3 +511,51 @@ def _int_argument(handler: APIHandler, name: str, default: int) -> int:
         return int(value)
     except ValueError:
         raise PromptError(f"Query argument {name!r} must be a version number, not {value!r}.", 400) from None
+
+
+class CopilotHandler(AdminHandler):
+    """What kernels report and read: suggestions, feedback, LLM usage, and the model configuration.
+
+    Any authenticated caller may use it (kernels run as the user); the caller is the recorded principal.
+    """
+
+    @property
+    def records(self) -> CopilotRecords:
+        return self.extra["copilot_records"]
+
+    @web.authenticated
+    @authorized
+    async def get(self, what: str) -> None:
+        caller = self._require_caller()
+        if what == "models":
+            self.reply(self.extra["copilot_config"]())
+            return
+        if what != "usage":
+            raise web.HTTPError(405, "GET copilot/models or copilot/usage.")
+        project = self.get_query_argument("project", None)
+        mine = not (caller.is_admin or ADMIN_SCOPE in caller.scopes)
+        self.reply(
+            self.records.usage(project=project, user=caller.name if mine else self.get_query_argument("user", None))
+        )
+
+    @web.authenticated
+    @authorized
+    async def post(self, what: str) -> None:
+        caller = self._require_caller()
+        body = self.json_body()
+        try:
+            if what == "suggestions":
+                self.reply({"id": self.records.add_suggestion(body, caller.name)}, 201)
+            elif what == "feedback":
+                self.reply({"id": self.records.add_feedback(body, caller.name)}, 201)
+            elif what == "usage":
+                self.reply({"recorded": self.records.add_usage(body, caller.name)}, 201)
+            else:
+                raise web.HTTPError(405, "POST copilot/suggestions, copilot/feedback or copilot/usage.")
+        except RecordError as exc:
+            self.reply({"error": str(exc), "status": exc.status}, exc.status)
+
+    def _require_caller(self) -> Any:
+        if self.caller is None:
+            raise web.HTTPError(403, "Authenticate with the Jupyter token or a ContextLab API token.")
+        return self.caller

@@ -144,3 +144,57 @@ class PromptLabelRow(Base):
     updated_by: Mapped[str] = mapped_column(String(256))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     mlflow_synced: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class SuggestionRow(Base):
+    """A Copilot suggestion, recorded once it is complete (validated or not)."""
+
+    __tablename__ = "copilot_suggestions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    user: Mapped[str] = mapped_column(String(256))
+    project: Mapped[str] = mapped_column(String(128))
+    target: Mapped[str] = mapped_column(String(32))
+    request: Mapped[str] = mapped_column(Text)
+    code: Mapped[str] = mapped_column(Text)
+    valid: Mapped[bool] = mapped_column(Boolean)
+    model: Mapped[str] = mapped_column(String(128))
+    prompt_version: Mapped[str] = mapped_column(String(128))
+    context: Mapped[list] = mapped_column(JSON, default=list)
+    attempts: Mapped[list] = mapped_column(JSON, default=list)
+
+
+class FeedbackRow(Base):
+    """Explicit (accepted, rejected) or implicit (ran, edited, reverted) feedback on a suggestion."""
+
+    __tablename__ = "copilot_feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    suggestion_id: Mapped[str] = mapped_column(String(64), index=True)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    user: Mapped[str] = mapped_column(String(256))
+    kind: Mapped[str] = mapped_column(String(16))
+    edit_distance: Mapped[float | None] = mapped_column(Float, nullable=True)
+    executed_code: Mapped[str | None] = mapped_column(Text, nullable=True)
+    succeeded: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+
+
+class UsageRow(Base):
+    """One LLM call: who, which project and model, tokens, cost, latency, success."""
+
+    __tablename__ = "llm_usage"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    user: Mapped[str] = mapped_column(String(256))
+    project: Mapped[str] = mapped_column(String(128), index=True)
+    model: Mapped[str] = mapped_column(String(128))
+    backend: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(32))
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    cost: Mapped[float] = mapped_column(Float)
+    latency_s: Mapped[float] = mapped_column(Float)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)

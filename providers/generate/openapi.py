@@ -211,10 +211,8 @@ class Refs:
 
 def validate(document: dict[str, Any], source: str) -> None:
     """openapi-spec-validator's verdict; the first problems are reported with their location."""
-    try:
-        from openapi_spec_validator import OpenAPIV30SpecValidator, OpenAPIV31SpecValidator
-    except ImportError:  # optional: without it only ContextLab's own checks run
-        return
+    from openapi_spec_validator import OpenAPIV30SpecValidator, OpenAPIV31SpecValidator
+
     version = str(document["openapi"])
     validator_class = OpenAPIV31SpecValidator if version.startswith("3.1") else OpenAPIV30SpecValidator
     try:

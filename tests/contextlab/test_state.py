@@ -25,10 +25,13 @@ def test_migrations_create_the_tables_and_are_idempotent(tmp_path):
         "events",
         "prompt_versions",
         "prompt_labels",
+        "copilot_suggestions",
+        "copilot_feedback",
+        "llm_usage",
     } <= set(inspector.get_table_names())
     assert {"prompt_version", "prompt_label"} <= {c["name"] for c in inspector.get_columns("audit_log")}
     with store.engine.connect() as con:
-        assert con.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0003"
+        assert con.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0004"
     store.close()
 
 

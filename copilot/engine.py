@@ -1,0 +1,280 @@
+"""The Copilot engine: gather context, prompt, generate, validate, repair.
+
+`Copilot.generate(target, request)` asks the MCP endpoint for context (for `sql`: the schema of the
+DuckDB databases; plus whatever the caller adds, such as the DataFrames alive in the kernel),
+renders the target's Jinja2 template, asks the LLM router, extracts the code, validates it with the
+target's validator and, on a validation error, feeds the error back to the model for a bounded
+number of repairs. The result (`Suggestion`) records the model, the template version, the context
+items used and every attempt.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import jinja2
+
+from contextlab.copilot.context import ContextClient, ContextUnavailable, ToolFailed
+from contextlab.copilot.llm import LLMRouter
+
+_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, autoescape=False)
+
+
+class CopilotError(Exception):
+    """A request the Copilot cannot serve (unknown target, empty prompt, no context); the text says why."""
+
+
+@dataclass
+class ContextItem:
+    """One piece of context put in the prompt, and where it came from."""
+
+    source: str
+    title: str
+    text: str
+
+
+@dataclass
+class Validation:
+    ok: bool
+    error: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Attempt:
+    model: str
+    text: str
+    code: str
+    ok: bool
+    error: str | None
+    latency_s: float
+
+
+@dataclass
+class Suggestion:
+    id: str
+    target: str
+    request: str
+    code: str
+    valid: bool
+    model: str
+    prompt_version: str
+    context: list[dict[str, str]]
+    attempts: list[Attempt]
+    validation: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def repaired(self) -> bool:
+        return self.valid and len(self.attempts) > 1
+
+    def provenance(self) -> dict[str, Any]:
+        """What the inserted cell records in its metadata."""
+        return {
+            "suggestion_id": self.id,
+            "target": self.target,
+            "model": self.model,
+            "prompt_version": self.prompt_version,
+            "context": [{"source": c["source"], "title": c["title"]} for c in self.context],
+            "valid": self.valid,
+            "attempts": len(self.attempts),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Target(Protocol):
+    name: str
+    template_name: str
+    template: str
+    language: str
+
+    def gather(self, client: ContextClient | None) -> list[ContextItem]: ...
+
+    def extract(self, text: str) -> str: ...
+
+    def validate(self, code: str, client: ContextClient | None) -> Validation: ...
+
+
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
+
+
+def extract_code(text: str, languages: Sequence[str]) -> str:
+    """The code in a model answer: the first fenced block (preferring one tagged with `languages`), else all."""
+    blocks = _FENCE.findall(text)
+    for lang, body in blocks:
+        if lang.lower() in languages:
+            return body.strip()
+    if blocks:
+        return blocks[0][1].strip()
+    return text.strip()
+
+
+SQL_TEMPLATE = """\
+You write DuckDB SQL. Answer with one SELECT query in a ```sql block and nothing else.
+Use only the tables and columns below; qualify columns when two tables share a name.
+{% for item in context %}
+
+## {{ item.title }}
+{{ item.text }}
+{% endfor %}
+"""
+
+
+class SQLTarget:
+    """DuckDB SQL: parsed with sqlglot (one read-only statement), then run with a row limit through the
+    endpoint's read-only `sql__query` tool (which refuses writes again, server side)."""
+
+    name = "sql"
+    template_name = "copilot.sql"
+    template = SQL_TEMPLATE
+    language = "sql"
+
+    def __init__(self, database: str | None = None, check_rows: int = 5) -> None:
+        self.database = database
+        self.check_rows = check_rows
+
+    def gather(self, client: ContextClient | None) -> list[ContextItem]:
+        if client is None:
+            return []
+        arguments = {"database": self.database} if self.database else {}
+        schema = client.call_tool("sql__schema", arguments)
+        lines = []
+        for db in schema.get("databases", []):
+            for table in db.get("tables", []):
+                columns = ", ".join(f"{c['name']} {c['type']}" for c in table.get("columns", []))
+                lines.append(f"{table['name']}({columns})  -- {table.get('row_count', '?')} rows")
+                for fk in table.get("foreign_keys", []):
+                    lines.append(
+                        f"  -- {', '.join(fk['columns'])} references {fk['references_table']}"
+                        f"({', '.join(fk['references_columns'])})"
+                    )
+        return [ContextItem("sql__schema", "Database schema", "\n".join(lines))] if lines else []
+
+    def extract(self, text: str) -> str:
+        code = extract_code(text, ("sql", "duckdb"))
+        return code.rstrip().rstrip(";").strip()
+
+    def validate(self, code: str, client: ContextClient | None) -> Validation:
+        from contextlab.providers.sql import SQLRefused, check_read_only
+
+        if not code:
+            return Validation(False, "The answer holds no SQL query.")
+        try:
+            check_read_only(code)
+        except SQLRefused as exc:
+            return Validation(False, str(exc))
+        if client is None:
+            return Validation(True, detail={"checked": "parsed only (no ContextLab server)"})
+        arguments: dict[str, Any] = {"sql": code, "limit": self.check_rows}
+        if self.database:
+            arguments["database"] = self.database
+        try:
+            result = client.call_tool("sql__query", arguments)
+        except ToolFailed as exc:
+            return Validation(False, str(exc))
+        return Validation(True, detail={"columns": result.get("columns"), "rows": result.get("rows")})
+
+
+TARGETS: dict[str, Callable[[], Target]] = {"sql": SQLTarget}
+
+
+class Copilot:
+    """Natural language to validated code for one target, grounded in MCP context."""
+
+    def __init__(
+        self,
+        router: LLMRouter,
+        client: ContextClient | None,
+        *,
+        user: str = "",
+        project: str = "default",
+        max_repairs: int = 2,
+        max_tokens: int = 400,
+    ) -> None:
+        self.router = router
+        self.client = client
+        self.user = user
+        self.project = project
+        self.max_repairs = max_repairs
+        self.max_tokens = max_tokens
+
+    def generate(
+        self,
+        target: str,
+        request: str,
+        *,
+        model: str | None = None,
+        extra_context: Sequence[ContextItem] = (),
+        use_context: bool = True,
+        validate: bool = True,
+        sensitivity: str = "internal",
+        on_token: Callable[[str], None] | None = None,
+    ) -> Suggestion:
+        if target not in TARGETS:
+            raise CopilotError(f"Unknown target {target!r}. Targets: {', '.join(sorted(TARGETS))}.")
+        if not request or not request.strip():
+            raise CopilotError(f"Write what you need below `%%copilot {target}`, e.g. 'top 5 customers by revenue'.")
+        spec = TARGETS[target]()
+        context: list[ContextItem] = []
+        if use_context:
+            try:
+                context = [*spec.gather(self.client), *extra_context]
+            except ContextUnavailable:
+                raise
+            except ToolFailed as exc:
+                raise CopilotError(f"The context for {target} could not be gathered: {exc}") from exc
+        system = _ENV.from_string(spec.template).render(context=context)
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": request.strip()}]
+        attempts: list[Attempt] = []
+        validation = Validation(False, "not generated")
+        code = ""
+        completion_model = model or ""
+        for round_ in range(self.max_repairs + 1):
+            started = time.perf_counter()
+            completion = self.router.complete(
+                messages,
+                target=target,
+                sensitivity=sensitivity,
+                project=self.project,
+                user=self.user,
+                model=model,
+                max_tokens=self.max_tokens,
+                on_token=on_token,
+            )
+            completion_model = completion.model
+            code = spec.extract(completion.text)
+            validation = spec.validate(code, self.client) if validate else Validation(True)
+            attempts.append(
+                Attempt(
+                    completion.model,
+                    completion.text,
+                    code,
+                    validation.ok,
+                    validation.error,
+                    round(time.perf_counter() - started, 4),
+                )
+            )
+            if validation.ok or round_ == self.max_repairs:
+                break
+            messages += [
+                {"role": "assistant", "content": completion.text},
+                {"role": "user", "content": f"That failed: {validation.error}\nReturn a corrected query only."},
+            ]
+        return Suggestion(
+            id=uuid.uuid4().hex,
+            target=target,
+            request=request.strip(),
+            code=code,
+            valid=validation.ok,
+            model=completion_model,
+            prompt_version=f"{spec.template_name}@builtin",
+            context=[asdict(c) for c in context],
+            attempts=attempts,
+            validation=validation.detail if validation.ok else {"error": validation.error},
+        )

@@ -1,0 +1,141 @@
+"""The Copilot engine end to end: a real ContextLab server on the demo workspace supplies the schema and
+runs the validation query; the model is a local OpenAI-compatible server with scripted replies."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from contextlab.copilot.context import ContextClient, ContextUnavailable, Endpoint
+from contextlab.copilot.engine import ContextItem, Copilot, CopilotError
+from contextlab.copilot.llm import LLMError, LLMRouter, MemoryUsage, ModelSpec, PolicyRefused
+from contextlab.workspace import create_demo_workspace
+from tests.support.fake_llm import FakeLLM
+from tests.support.server import free_port, start_server
+
+GOOD = (
+    "```sql\nSELECT c.name, count(*) AS orders FROM customers c JOIN orders o USING (customer_id) "
+    "GROUP BY 1 ORDER BY 2 DESC LIMIT 5\n```"
+)
+BAD_COLUMN = "```sql\nSELECT name, total_revenue FROM customers ORDER BY total_revenue DESC LIMIT 5\n```"
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    root = tmp_path_factory.mktemp("copilot-root")
+    home = tmp_path_factory.mktemp("copilot-home")
+    create_demo_workspace(root)
+    server = start_server(root, home, extra_args=["--ContextLab.providers=sql"])
+    yield server
+    server.stop()
+
+
+def copilot(srv, llm: FakeLLM, usage: MemoryUsage | None = None, **kwargs) -> Copilot:
+    router = LLMRouter(
+        [ModelSpec(name="scripted", backend="openai", model="m", base_url=llm.base_url, timeout_s=10)],
+        usage=usage or MemoryUsage(),
+    )
+    return Copilot(router, ContextClient(Endpoint(srv.mcp_url, srv.token)), user="ada", **kwargs)
+
+
+def test_sql_is_grounded_in_the_schema_and_validated_by_running_it(srv):
+    with FakeLLM([GOOD]) as llm:
+        pieces = []
+        suggestion = copilot(srv, llm).generate("sql", "top 5 customers by order count", on_token=pieces.append)
+    assert suggestion.valid and not suggestion.repaired
+    assert suggestion.code.startswith("SELECT c.name") and "".join(pieces) == GOOD
+    assert [c["name"] for c in suggestion.validation["columns"]] == ["name", "orders"]
+    assert len(suggestion.validation["rows"]) == 5
+    system = llm.requests[0]["messages"][0]["content"]
+    assert "customers(customer_id INTEGER" in system and "orders(order_id" in system
+    assert llm.requests[0]["messages"][1] == {"role": "user", "content": "top 5 customers by order count"}
+    provenance = suggestion.provenance()
+    assert provenance["model"] == "scripted" and provenance["prompt_version"] == "copilot.sql@builtin"
+    assert provenance["context"] == [{"source": "sql__schema", "title": "Database schema"}]
+
+
+def test_a_failing_query_is_repaired_with_the_error_fed_back(srv):
+    with FakeLLM([BAD_COLUMN, GOOD]) as llm:
+        suggestion = copilot(srv, llm).generate("sql", "top 5 customers by revenue")
+    assert suggestion.valid and suggestion.repaired and len(suggestion.attempts) == 2
+    assert not suggestion.attempts[0].ok and "total_revenue" in suggestion.attempts[0].error
+    feedback = llm.requests[1]["messages"]
+    assert feedback[-2] == {"role": "assistant", "content": BAD_COLUMN}
+    assert "That failed:" in feedback[-1]["content"] and "total_revenue" in feedback[-1]["content"]
+
+
+def test_a_write_is_refused_and_repairs_are_bounded(srv):
+    with FakeLLM(["```sql\nDELETE FROM customers\n```"]) as llm:
+        suggestion = copilot(srv, llm, max_repairs=2).generate("sql", "remove all customers")
+    assert not suggestion.valid and len(suggestion.attempts) == 3 and len(llm.requests) == 3
+    assert "read-only" in suggestion.validation["error"]
+    db = srv.root / "data" / "shop.duckdb"
+    import duckdb
+
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM customers").fetchone()[0] > 0
+
+
+def test_garbage_from_the_model_ends_invalid_with_a_reason(srv):
+    with FakeLLM(["I am a teapot and cannot help with that."]) as llm:
+        suggestion = copilot(srv, llm, max_repairs=1).generate("sql", "top customers")
+    assert not suggestion.valid and len(suggestion.attempts) == 2
+    assert "does not parse" in suggestion.validation["error"] or "read-only" in suggestion.validation["error"]
+
+
+def test_without_context_the_model_sees_only_the_question(srv):
+    with FakeLLM([GOOD]) as llm:
+        suggestion = copilot(srv, llm).generate("sql", "top customers", use_context=False)
+    assert suggestion.context == [] and "customers(" not in llm.requests[0]["messages"][0]["content"]
+    assert suggestion.valid  # still validated against the real database
+
+
+def test_extra_context_items_reach_the_prompt(srv):
+    with FakeLLM([GOOD]) as llm:
+        copilot(srv, llm).generate(
+            "sql", "top customers", extra_context=[ContextItem("kernel", "DataFrame df", "df: 3 rows x 2 cols")]
+        )
+    assert "## DataFrame df\ndf: 3 rows x 2 cols" in llm.requests[0]["messages"][0]["content"]
+
+
+@pytest.mark.parametrize(
+    ("target", "request_text", "error"),
+    [("poem", "roses", "Unknown target 'poem'. Targets: sql"), ("sql", "   ", "Write what you need below")],
+)
+def test_bad_requests_are_refused_before_any_model_call(srv, target, request_text, error):
+    with FakeLLM([GOOD]) as llm:
+        with pytest.raises(CopilotError, match=error):
+            copilot(srv, llm).generate(target, request_text)
+    assert llm.requests == []
+
+
+def test_a_dead_model_endpoint_and_a_forbidding_policy_give_clear_errors(srv):
+    router = LLMRouter(
+        [ModelSpec(name="gone", backend="openai", model="m", base_url=f"http://127.0.0.1:{free_port()}/v1")]
+    )
+    engine = Copilot(router, ContextClient(Endpoint(srv.mcp_url, srv.token)))
+    with pytest.raises(LLMError, match="Every model failed: gone: APIConnectionError"):
+        engine.generate("sql", "top customers")
+    with pytest.raises(PolicyRefused, match="public models may not receive secret context"):
+        engine.generate("sql", "top customers", sensitivity="secret")
+
+
+def test_no_reachable_server_says_what_to_do(monkeypatch):
+    with FakeLLM([GOOD]) as llm:
+        router = LLMRouter([ModelSpec(name="m", backend="openai", model="m", base_url=llm.base_url)])
+        engine = Copilot(router, ContextClient(Endpoint(f"http://127.0.0.1:{free_port()}/contextlab/mcp"), timeout=5))
+        with pytest.raises(ContextUnavailable, match="Cannot reach the ContextLab endpoint.*contextlab up"):
+            engine.generate("sql", "top customers")
+    monkeypatch.delenv("CONTEXTLAB_MCP_URL", raising=False)
+    with pytest.raises(ContextUnavailable, match="set CONTEXTLAB_MCP_URL"):
+        Endpoint.from_env()
+
+
+def test_the_copilot_goes_through_the_gateway_and_is_audited(srv):
+    with FakeLLM([GOOD]) as llm:
+        copilot(srv, llm).generate("sql", "top customers")
+    srv.api("GET", "contextlab/api/audit", params={"flush": 1})
+    with sqlite3.connect(srv.state_db) as db:
+        targets = {row[0] for row in db.execute("SELECT target FROM audit_log WHERE method = 'tools/call'")}
+    assert {"sql__schema", "sql__query"} <= targets
