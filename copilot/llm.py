@@ -404,6 +404,78 @@ class OpenAIBackend:
         )
 
 
+class AnthropicBackend:
+    """Anthropic's Messages API via the `anthropic` SDK (streamed; the system message goes in `system`)."""
+
+    name = "anthropic"
+
+    def __init__(self, spec: ModelSpec) -> None:
+        import anthropic
+
+        self.spec = spec
+        key = os.environ.get(spec.api_key_env or "ANTHROPIC_API_KEY", "")
+        self.client = anthropic.Anthropic(
+            base_url=spec.base_url, api_key=key or "not-set", timeout=spec.timeout_s, max_retries=0
+        )
+        self._errors = (anthropic.APIError, anthropic.APIConnectionError, anthropic.APITimeoutError)
+
+    def complete(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        stop: list[str] | None = None,
+        on_token: Callable[[str], None] | None = None,
+        timeout: float | None = None,
+    ) -> Completion:
+        started = time.perf_counter()
+        system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+        chat = [{"role": m["role"], "content": m["content"]} for m in messages if m["role"] != "system"]
+        pieces: list[str] = []
+        prompt_tokens = completion_tokens = 0
+        finish = "stop"
+        try:
+            events = self.client.messages.create(
+                model=self.spec.model,
+                max_tokens=max_tokens,  # the 2.x SDK's Messages API takes no sampling temperature
+                system=system or anthropic_not_given(),
+                messages=chat,  # type: ignore[arg-type]
+                stop_sequences=stop or anthropic_not_given(),
+                stream=True,
+                timeout=timeout,
+            )
+            for event in events:
+                if event.type == "message_start":
+                    prompt_tokens = event.message.usage.input_tokens
+                elif event.type == "content_block_delta" and getattr(event.delta, "type", "") == "text_delta":
+                    pieces.append(event.delta.text)
+                    if on_token is not None:
+                        on_token(event.delta.text)
+                elif event.type == "message_delta":
+                    completion_tokens = event.usage.output_tokens
+                    finish = event.delta.stop_reason or finish
+        except self._errors as exc:
+            raise BackendError(f"{type(exc).__name__}: {exc}") from exc
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise BackendError(f"unreadable reply from {self.spec.base_url or 'Anthropic'}: {exc}") from exc
+        return Completion(
+            text="".join(pieces),
+            model=self.spec.model,
+            backend=self.name,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            latency_s=round(time.perf_counter() - started, 4),
+            finish_reason="stop" if finish in ("end_turn", "stop_sequence") else finish,
+        )
+
+
+def anthropic_not_given() -> Any:
+    import anthropic
+
+    return anthropic.NOT_GIVEN
+
+
 def make_backend(spec: ModelSpec) -> Backend:
     """The backend object for a model spec (imports the SDK it needs on first use)."""
     if spec.backend == "openai":
@@ -413,7 +485,5 @@ def make_backend(spec: ModelSpec) -> Backend:
 
         return LocalModelBackend(spec.model or OFFLINE_MODEL.model)
     if spec.backend == "anthropic":
-        raise LLMError(
-            "The anthropic backend needs the `anthropic` package: pip install anthropic (then restart the kernel)."
-        )
+        return AnthropicBackend(spec)
     raise LLMError(f"Unknown backend {spec.backend!r}.")

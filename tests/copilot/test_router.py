@@ -126,3 +126,29 @@ def test_model_specs_are_validated():
         ModelSpec.from_dict({"name": "x", "backend": "gemini"})
     with pytest.raises(ValueError, match="default chain names unknown"):
         LLMRouter([spec("a", "http://x/v1")], default_chain=["b"])
+
+
+def test_the_anthropic_backend_streams_through_the_real_sdk():
+    with FakeLLM(["bonjour tout le monde"]) as llm:
+        model = ModelSpec(name="claude", backend="anthropic", model="claude-x", base_url=f"http://127.0.0.1:{llm.port}")
+        router = LLMRouter([model])
+        pieces = []
+        completion = router.complete(
+            [{"role": "system", "content": "be brief"}, {"role": "user", "content": "greet"}], on_token=pieces.append
+        )
+    assert completion.text == "bonjour tout le monde" == "".join(pieces)
+    assert (completion.prompt_tokens, completion.completion_tokens, completion.finish_reason) == (1, 4, "stop")
+    request = llm.requests[0]
+    assert request["system"] == "be brief" and request["messages"] == [{"role": "user", "content": "greet"}]
+    assert request["model"] == "claude-x" and request["stream"] is True
+
+
+def test_an_overloaded_anthropic_endpoint_falls_back():
+    with FakeLLM([("status", 529)]) as bad, FakeLLM(["fine"]) as good:
+        router = LLMRouter(
+            [
+                ModelSpec(name="claude", backend="anthropic", model="c", base_url=f"http://127.0.0.1:{bad.port}"),
+                spec("backup", good.base_url),
+            ]
+        )
+        assert router.complete(MESSAGES).model == "backup"

@@ -28,7 +28,12 @@ class FakeLLM:
         self.replies = list(replies)
         self.requests: list[dict[str, Any]] = []
         self.port = free_port()
-        app = Starlette(routes=[Route("/v1/chat/completions", self._chat, methods=["POST"])])
+        app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/messages", self._messages, methods=["POST"]),
+            ]
+        )
         self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
@@ -100,5 +105,46 @@ class FakeLLM:
             yield f"data: {json.dumps(final)}\n\n"
             yield f"data: {json.dumps({**final, 'choices': [], 'usage': usage})}\n\n"
             yield "data: [DONE]\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    async def _messages(self, request: Request) -> Any:
+        """Anthropic's Messages API, streamed as its server-sent events."""
+        body = await request.json()
+        self.requests.append(body)
+        reply = self.replies[min(len(self.requests) - 1, len(self.replies) - 1)]
+        if isinstance(reply, tuple) and reply[0] == "status":
+            error = {"type": "error", "error": {"type": "overloaded_error", "message": "scripted failure"}}
+            return JSONResponse(error, status_code=reply[1])
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+
+        def event(kind: str, data: dict[str, Any]) -> str:
+            return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n"
+
+        async def stream():
+            message = {
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "model": body.get("model"),
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": prompt_tokens, "output_tokens": 0},
+            }
+            yield event("message_start", {"message": message})
+            yield event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+            for i, word in enumerate(reply.split(" ")):
+                piece = word if i == 0 else " " + word
+                yield event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": piece}})
+            yield event("content_block_stop", {"index": 0})
+            yield event(
+                "message_delta",
+                {
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": len(reply.split())},
+                },
+            )
+            yield event("message_stop", {})
 
         return StreamingResponse(stream(), media_type="text/event-stream")
