@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import jinja2
 
-from contextlab.copilot.context import ContextClient, ContextUnavailable, ToolFailed
+from contextlab.copilot.context import ContextClient, ContextUnavailable, Endpoint, ToolFailed
 from contextlab.copilot.llm import LLMRouter
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, autoescape=False)
@@ -184,6 +184,35 @@ class SQLTarget:
 TARGETS: dict[str, Callable[[], Target]] = {"sql": SQLTarget}
 
 
+TemplateSource = Callable[[str], "tuple[str, str] | None"]
+"""Template name -> (Jinja2 text, version tag) of a managed template, or None for the built-in one."""
+
+
+def server_templates(endpoint: Endpoint, *, timeout: float = 10.0) -> TemplateSource:
+    """Templates managed on the server (`contextlab prompts set copilot.sql ...`), canary included."""
+    import httpx
+
+    base = endpoint.url.rsplit("contextlab/mcp", 1)[0]
+    headers = {}
+    if endpoint.token:
+        scheme = "Bearer" if endpoint.token.startswith("cl_") else "token"
+        headers["Authorization"] = f"{scheme} {endpoint.token}"
+
+    def fetch(name: str) -> tuple[str, str] | None:
+        try:
+            response = httpx.get(
+                f"{base}contextlab/api/copilot/templates", params={"name": name}, headers=headers, timeout=timeout
+            )
+        except httpx.HTTPError:
+            return None  # the built-in template still works; context errors are reported elsewhere
+        data = response.json() if response.status_code == 200 else {}
+        if not data.get("template"):
+            return None
+        return data["template"], f"{name}@v{data['version']}" + (":canary" if data.get("label") == "canary" else "")
+
+    return fetch
+
+
 class Copilot:
     """Natural language to validated code for one target, grounded in MCP context."""
 
@@ -196,7 +225,9 @@ class Copilot:
         project: str = "default",
         max_repairs: int = 2,
         max_tokens: int = 400,
+        templates: TemplateSource | None = None,
     ) -> None:
+        self.templates = templates
         self.router = router
         self.client = client
         self.user = user
@@ -229,7 +260,17 @@ class Copilot:
                 raise
             except ToolFailed as exc:
                 raise CopilotError(f"The context for {target} could not be gathered: {exc}") from exc
-        system = _ENV.from_string(spec.template).render(context=context)
+        template, prompt_version = spec.template, f"{spec.template_name}@builtin"
+        managed = self.templates(spec.template_name) if self.templates is not None else None
+        if managed is not None:
+            template, prompt_version = managed
+        try:
+            system = _ENV.from_string(template).render(context=context, target=target)
+        except jinja2.TemplateError as exc:
+            raise CopilotError(
+                f"The template {prompt_version} does not render ({exc}); roll it back with "
+                f"`contextlab prompts rollback {spec.template_name}`."
+            ) from exc
         messages = [{"role": "system", "content": system}, {"role": "user", "content": request.strip()}]
         attempts: list[Attempt] = []
         validation = Validation(False, "not generated")
@@ -273,7 +314,7 @@ class Copilot:
             code=code,
             valid=validation.ok,
             model=completion_model,
-            prompt_version=f"{spec.template_name}@builtin",
+            prompt_version=prompt_version,
             context=[asdict(c) for c in context],
             attempts=attempts,
             validation=validation.detail if validation.ok else {"error": validation.error},

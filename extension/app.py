@@ -403,7 +403,11 @@ class ContextLab(ExtensionApp):
                     rest.PromptsHandler,
                     admin_extra,
                 ),
-                (r"/contextlab/api/copilot/(models|usage|suggestions|feedback)", rest.CopilotHandler, admin_extra),
+                (
+                    r"/contextlab/api/copilot/(models|templates|usage|suggestions|feedback)",
+                    rest.CopilotHandler,
+                    admin_extra,
+                ),
                 (r"/contextlab/api/tokens", rest.TokensHandler, admin),
                 (r"/contextlab/api/tokens/([A-Za-z0-9]+)", rest.TokensHandler, admin),
                 (r"/contextlab/api/audit", rest.AuditHandler, admin),

@@ -492,11 +492,17 @@ class PromptsHandler(AdminHandler):
             promote=bool(body.get("promote", True)),
             canary_weight=weight,
             labels=tuple(body.get("labels") or ()),
-            kind="instructions" if name == INSTRUCTIONS_PROMPT else "tool",
+            kind=_prompt_kind(name),
         )
 
     async def _catalog(self) -> list[tuple[dict[str, Any], Any]]:
         return [*await self.service.tool_catalog(), *self.service.prompt_catalog()]
+
+
+def _prompt_kind(name: str) -> str:
+    if name == INSTRUCTIONS_PROMPT:
+        return "instructions"
+    return "template" if name.startswith("copilot.") else "tool"
 
 
 def _unknown_tool(name: str) -> str:
@@ -530,8 +536,11 @@ class CopilotHandler(AdminHandler):
         if what == "models":
             self.reply(self.extra["copilot_config"]())
             return
+        if what == "templates":
+            self.reply(self._template(caller, self.get_query_argument("name", "")))
+            return
         if what != "usage":
-            raise web.HTTPError(405, "GET copilot/models or copilot/usage.")
+            raise web.HTTPError(405, "GET copilot/models, copilot/templates or copilot/usage.")
         project = self.get_query_argument("project", None)
         mine = not (caller.is_admin or ADMIN_SCOPE in caller.scopes)
         self.reply(
@@ -554,6 +563,13 @@ class CopilotHandler(AdminHandler):
                 raise web.HTTPError(405, "POST copilot/suggestions, copilot/feedback or copilot/usage.")
         except RecordError as exc:
             self.reply({"error": str(exc), "status": exc.status}, exc.status)
+
+    def _template(self, caller: Any, name: str) -> dict[str, Any]:
+        """The template text this caller should use (a managed version, canary included) or none."""
+        version, label = self.extra["prompts"].resolve(name, caller.name)
+        if version is None:
+            return {"name": name, "version": None, "label": None, "template": None}
+        return {"name": name, "version": version.version, "label": label, "template": version.content.description}
 
     def _require_caller(self) -> Any:
         if self.caller is None:

@@ -352,9 +352,16 @@ class ContextService:
         self.server._lowlevel_server.instructions = version.content.description if version else INSTRUCTIONS
 
     def prompt_catalog(self) -> list[tuple[dict[str, Any], ToolTarget]]:
-        """Prompts that are not tools: the endpoint's server instructions."""
+        """Prompts that are not tools: the endpoint's server instructions and the Copilot's templates."""
+        from contextlab.copilot.engine import TARGETS
+
         target = ToolTarget(INSTRUCTIONS_PROMPT, "contextlab", "instructions", upstream=False, attributes={})
-        return [({"name": INSTRUCTIONS_PROMPT, "description": INSTRUCTIONS}, target)]
+        items = [({"name": INSTRUCTIONS_PROMPT, "description": INSTRUCTIONS}, target)]
+        for factory in TARGETS.values():
+            spec = factory()
+            template = ToolTarget(spec.template_name, "copilot", spec.name, upstream=False, attributes={})
+            items.append(({"name": spec.template_name, "description": spec.template}, template))
+        return items
 
     def _note_prompt(self, note: CallNote, name: str, caller: Caller) -> None:
         if self.prompts is not None:

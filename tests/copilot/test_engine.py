@@ -139,3 +139,30 @@ def test_the_copilot_goes_through_the_gateway_and_is_audited(srv):
     with sqlite3.connect(srv.state_db) as db:
         targets = {row[0] for row in db.execute("SELECT target FROM audit_log WHERE method = 'tools/call'")}
     assert {"sql__schema", "sql__query"} <= targets
+
+
+def test_a_managed_template_version_is_used_and_recorded(srv):
+    from contextlab.copilot.engine import server_templates
+
+    custom = (
+        "Answer in DuckDB SQL inside a ```sql block. TEAM RULE: always alias aggregates.\n"
+        "{% for item in context %}{{ item.text }}{% endfor %}"
+    )
+    created = srv.api(
+        "POST", "contextlab/api/prompts/copilot.sql/versions", json={"description": custom, "message": "team rule"}
+    )
+    assert created.status_code == 201, created.text
+    assert srv.api("GET", "contextlab/api/prompts/copilot.sql").json()["versions"][0]["kind"] == "template"
+    try:
+        with FakeLLM([GOOD]) as llm:
+            endpoint = Endpoint(srv.mcp_url, srv.token)
+            suggestion = copilot(srv, llm, templates=server_templates(endpoint)).generate("sql", "top customers")
+        assert suggestion.prompt_version == "copilot.sql@v2"
+        assert llm.requests[0]["messages"][0]["content"].startswith("Answer in DuckDB SQL inside a ```sql block. TEAM")
+        broken = srv.api("POST", "contextlab/api/prompts/copilot.sql/versions", json={"description": "{% for x in %}"})
+        assert broken.status_code == 201
+        with FakeLLM([GOOD]) as llm, pytest.raises(CopilotError, match=r"copilot.sql@v3 does not render.*rollback"):
+            copilot(srv, llm, templates=server_templates(endpoint)).generate("sql", "top customers")
+        assert llm.requests == []
+    finally:
+        srv.api("POST", "contextlab/api/prompts/copilot.sql/rollback", json={"to": 1})
