@@ -104,10 +104,14 @@ class ToolFailed(Exception):
 
 
 def _explain(error: BaseException, url: str) -> Exception:
+    from mcp.shared.exceptions import MCPError
+
     leaves = _leaves(error)
     for leaf in leaves:
         if isinstance(leaf, ToolFailed):
             return leaf
+        if isinstance(leaf, MCPError):  # the server answered: unknown tool, forbidden, rate limited
+            return ToolFailed(str(leaf))
     text = "; ".join(f"{type(e).__name__}: {e}" for e in leaves)
     return ContextUnavailable(
         f"Cannot reach the ContextLab endpoint at {url} ({text}). Is the server running (`contextlab up`)?"

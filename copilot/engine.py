@@ -19,8 +19,9 @@ from typing import Any, Protocol
 
 import jinja2
 
-from contextlab.copilot.context import ContextClient, ContextUnavailable, Endpoint, ToolFailed
+from contextlab.copilot.context import ContextClient, Endpoint, ToolFailed
 from contextlab.copilot.llm import LLMRouter
+from contextlab.copilot.recipes import ContextRecipe, run_recipe
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, autoescape=False)
 
@@ -67,6 +68,8 @@ class Suggestion:
     context: list[dict[str, str]]
     attempts: list[Attempt]
     validation: dict[str, Any] = field(default_factory=dict)
+    context_dropped: list[str] = field(default_factory=list)
+    context_skipped: list[str] = field(default_factory=list)
 
     @property
     def repaired(self) -> bool:
@@ -126,6 +129,21 @@ Use only the tables and columns below; qualify columns when two tables share a n
 """
 
 
+def schema_text(schema: dict[str, Any]) -> str:
+    """`sql__schema`'s result as compact lines: table(column type, ...) -- rows, then its foreign keys."""
+    lines = []
+    for db in schema.get("databases", []):
+        for table in db.get("tables", []):
+            columns = ", ".join(f"{c['name']} {c['type']}" for c in table.get("columns", []))
+            lines.append(f"{table['name']}({columns})  -- {table.get('row_count', '?')} rows")
+            for fk in table.get("foreign_keys", []):
+                lines.append(
+                    f"  -- {', '.join(fk['columns'])} references {fk['references_table']}"
+                    f"({', '.join(fk['references_columns'])})"
+                )
+    return "\n".join(lines)
+
+
 class SQLTarget:
     """DuckDB SQL: parsed with sqlglot (one read-only statement), then run with a row limit through the
     endpoint's read-only `sql__query` tool (which refuses writes again, server side)."""
@@ -143,18 +161,8 @@ class SQLTarget:
         if client is None:
             return []
         arguments = {"database": self.database} if self.database else {}
-        schema = client.call_tool("sql__schema", arguments)
-        lines = []
-        for db in schema.get("databases", []):
-            for table in db.get("tables", []):
-                columns = ", ".join(f"{c['name']} {c['type']}" for c in table.get("columns", []))
-                lines.append(f"{table['name']}({columns})  -- {table.get('row_count', '?')} rows")
-                for fk in table.get("foreign_keys", []):
-                    lines.append(
-                        f"  -- {', '.join(fk['columns'])} references {fk['references_table']}"
-                        f"({', '.join(fk['references_columns'])})"
-                    )
-        return [ContextItem("sql__schema", "Database schema", "\n".join(lines))] if lines else []
+        text = schema_text(client.call_tool("sql__schema", arguments))
+        return [ContextItem("sql__schema", "Database schema", text)] if text else []
 
     def extract(self, text: str) -> str:
         code = extract_code(text, ("sql", "duckdb"))
@@ -246,6 +254,7 @@ class Copilot:
         validate: bool = True,
         sensitivity: str = "internal",
         on_token: Callable[[str], None] | None = None,
+        recipe: ContextRecipe | None = None,
     ) -> Suggestion:
         if target not in TARGETS:
             raise CopilotError(f"Unknown target {target!r}. Targets: {', '.join(sorted(TARGETS))}.")
@@ -253,11 +262,21 @@ class Copilot:
             raise CopilotError(f"Write what you need below `%%copilot {target}`, e.g. 'top 5 customers by revenue'.")
         spec = TARGETS[target]()
         context: list[ContextItem] = []
-        if use_context:
+        dropped: list[str] = []
+        skipped: list[str] = []
+        if use_context and recipe is not None:
+            gathered = run_recipe(
+                recipe,
+                self.client,
+                target=target,
+                request=request,
+                sensitivity=sensitivity,
+                kernel_items=extra_context,
+            )
+            context, dropped, skipped = gathered.items, gathered.dropped, gathered.skipped
+        elif use_context:
             try:
                 context = [*spec.gather(self.client), *extra_context]
-            except ContextUnavailable:
-                raise
             except ToolFailed as exc:
                 raise CopilotError(f"The context for {target} could not be gathered: {exc}") from exc
         template, prompt_version = spec.template, f"{spec.template_name}@builtin"
@@ -318,4 +337,6 @@ class Copilot:
             context=[asdict(c) for c in context],
             attempts=attempts,
             validation=validation.detail if validation.ok else {"error": validation.error},
+            context_dropped=dropped,
+            context_skipped=skipped,
         )

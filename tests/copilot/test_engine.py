@@ -31,9 +31,13 @@ def srv(tmp_path_factory):
     server.stop()
 
 
-def copilot(srv, llm: FakeLLM, usage: MemoryUsage | None = None, **kwargs) -> Copilot:
+def copilot(srv, llm: FakeLLM, usage: MemoryUsage | None = None, locality: str = "public", **kwargs) -> Copilot:
     router = LLMRouter(
-        [ModelSpec(name="scripted", backend="openai", model="m", base_url=llm.base_url, timeout_s=10)],
+        [
+            ModelSpec(
+                name="scripted", backend="openai", model="m", base_url=llm.base_url, timeout_s=10, locality=locality
+            )
+        ],
         usage=usage or MemoryUsage(),
     )
     return Copilot(router, ContextClient(Endpoint(srv.mcp_url, srv.token)), user="ada", **kwargs)
@@ -166,3 +170,65 @@ def test_a_managed_template_version_is_used_and_recorded(srv):
         assert llm.requests == []
     finally:
         srv.api("POST", "contextlab/api/prompts/copilot.sql/rollback", json={"to": 1})
+
+
+RECIPE = """
+name: analyst
+budget_tokens: {budget}
+steps:
+  - tool: sql__schema
+    title: Database schema
+    priority: 1
+    when: {{target: [sql]}}
+  - source: kernel
+    priority: 2
+    top_k: 1
+  - tool: sql__query
+    arguments: {{sql: "SELECT name FROM products ORDER BY product_id LIMIT 3"}}
+    title: Product names
+    priority: 3
+    unless: {{sensitivity: [confidential, secret]}}
+  - tool: docs__search
+    arguments: {{query: "{{{{ request }}}}"}}
+    priority: 4
+"""
+
+
+def test_a_recipe_orders_conditions_and_trims_context_to_its_budget(srv):
+    from contextlab.copilot.recipes import ContextRecipe
+
+    frames = [ContextItem("kernel", "DataFrame df", "df: 3 rows"), ContextItem("kernel", "DataFrame other", "x")]
+    with FakeLLM([GOOD]) as llm:
+        roomy = ContextRecipe.parse(RECIPE.format(budget=5000))
+        suggestion = copilot(srv, llm).generate("sql", "top products", recipe=roomy, extra_context=frames)
+    assert [c["title"] for c in suggestion.context] == ["Database schema", "DataFrame df", "Product names"]
+    assert any(s.startswith("docs__search: ") for s in suggestion.context_skipped)
+    assert suggestion.context_dropped == []
+    with FakeLLM([GOOD]) as llm:
+        tight = ContextRecipe.parse(RECIPE.format(budget=120))
+        suggestion = copilot(srv, llm, locality="private").generate(
+            "sql", "top products", recipe=tight, extra_context=frames, sensitivity="confidential"
+        )
+    titles = [c["title"] for c in suggestion.context]
+    assert "Product names" not in titles and any(
+        "sql__query: condition not met" in s for s in suggestion.context_skipped
+    )
+    assert titles == ["DataFrame df"] and suggestion.context_dropped[0].startswith(
+        "Database schema (sql__schema, priority 1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("steps: [{tool: a, source: kernel}]", "either `tool`"),
+        ("steps: [{tool: a, colour: red}]", "steps.0.colour: Extra inputs are not permitted"),
+        ("budget_tokens: 0\nsteps: []", "budget_tokens"),
+        ("steps: [{tool: a", "not valid YAML"),
+    ],
+)
+def test_bad_recipes_name_the_field(text, message):
+    from contextlab.copilot.recipes import ContextRecipe, RecipeError
+
+    with pytest.raises(RecipeError, match=message):
+        ContextRecipe.parse(text, "team.yaml")
