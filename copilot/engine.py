@@ -10,6 +10,7 @@ items used and every attempt.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -24,6 +25,9 @@ from contextlab.copilot.llm import LLMRouter
 from contextlab.copilot.recipes import ContextRecipe, run_recipe
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, autoescape=False)
+
+
+MAX_TOOL_RESULT = 8000  # characters of one tool result shown to the model
 
 
 class CopilotError(Exception):
@@ -70,6 +74,7 @@ class Suggestion:
     validation: dict[str, Any] = field(default_factory=dict)
     context_dropped: list[str] = field(default_factory=list)
     context_skipped: list[str] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def repaired(self) -> bool:
@@ -255,6 +260,7 @@ class Copilot:
         sensitivity: str = "internal",
         on_token: Callable[[str], None] | None = None,
         recipe: ContextRecipe | None = None,
+        tool_steps: int = 0,
     ) -> Suggestion:
         if target not in TARGETS:
             raise CopilotError(f"Unknown target {target!r}. Targets: {', '.join(sorted(TARGETS))}.")
@@ -295,18 +301,25 @@ class Copilot:
         validation = Validation(False, "not generated")
         code = ""
         completion_model = model or ""
+        tools = self._offered_tools(request) if tool_steps and self.client is not None else []
+        tool_log: list[dict[str, Any]] = []
         for round_ in range(self.max_repairs + 1):
             started = time.perf_counter()
-            completion = self.router.complete(
-                messages,
-                target=target,
-                sensitivity=sensitivity,
-                project=self.project,
-                user=self.user,
-                model=model,
-                max_tokens=self.max_tokens,
-                on_token=on_token,
-            )
+            for step in range(tool_steps + 1):
+                completion = self.router.complete(
+                    messages,
+                    target=target,
+                    sensitivity=sensitivity,
+                    project=self.project,
+                    user=self.user,
+                    model=model,
+                    max_tokens=self.max_tokens,
+                    on_token=on_token,
+                    tools=tools if step < tool_steps else None,
+                )
+                if not completion.tool_calls:
+                    break
+                messages = [*messages, *self._run_tools(completion, {t["function"]["name"] for t in tools}, tool_log)]
             completion_model = completion.model
             code = spec.extract(completion.text)
             validation = spec.validate(code, self.client) if validate else Validation(True)
@@ -339,4 +352,44 @@ class Copilot:
             validation=validation.detail if validation.ok else {"error": validation.error},
             context_dropped=dropped,
             context_skipped=skipped,
+            tool_calls=tool_log,
         )
+
+    def _offered_tools(self, request: str, k: int = 8) -> list[dict[str, Any]]:
+        """The tools most relevant to the request (the gateway's search_tools), as OpenAI function specs."""
+        assert self.client is not None
+        try:
+            found = self.client.call_tool("search_tools", {"query": request, "k": k}).get("tools", [])
+        except ToolFailed:
+            return []
+        return [
+            {
+                "type": "function",
+                "function": {"name": t["name"], "description": t["description"][:1000], "parameters": t["inputSchema"]},
+            }
+            for t in found
+        ]
+
+    def _run_tools(self, completion: Any, offered: set[str], log: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The assistant's tool calls run through the gateway (audited there), as chat messages."""
+        assert self.client is not None
+        calls = [
+            {
+                "id": c["id"],
+                "type": "function",
+                "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])},
+            }
+            for c in completion.tool_calls
+        ]
+        out: list[dict[str, Any]] = [{"role": "assistant", "content": completion.text or None, "tool_calls": calls}]
+        for call in completion.tool_calls:
+            if call["name"] not in offered:
+                result, ok = f"error: {call['name']!r} is not one of the offered tools", False
+            else:
+                try:
+                    result, ok = json.dumps(self.client.call_tool(call["name"], call["arguments"]), default=str), True
+                except ToolFailed as exc:
+                    result, ok = f"error: {exc}", False
+            log.append({"name": call["name"], "arguments": call["arguments"], "ok": ok})
+            out.append({"role": "tool", "tool_call_id": call["id"], "content": result[:MAX_TOOL_RESULT]})
+        return out

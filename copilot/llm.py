@@ -16,6 +16,7 @@ project, model).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -251,19 +252,26 @@ class LLMRouter:
         temperature: float = 0.0,
         stop: list[str] | None = None,
         on_token: Callable[[str], None] | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> Completion:
-        """Answer with the first model of the chain that succeeds."""
+        """Answer with the first model of the chain that succeeds.
+
+        `tools` (OpenAI function specs) go to backends that support tool calls; others answer in text.
+        """
         failures = []
         for spec in self.chain(target=target, sensitivity=sensitivity, project=project, model=model):
             started = time.perf_counter()
+            backend = self.backend(spec)
+            extra = {"tools": tools} if tools and getattr(backend, "supports_tools", False) else {}
             try:
-                completion = self.backend(spec).complete(
+                completion = backend.complete(
                     messages,
                     max_tokens=max_tokens,
                     temperature=temperature,
                     stop=stop,
                     on_token=on_token,
                     timeout=spec.timeout_s,
+                    **extra,
                 )
             except BackendError as exc:
                 latency = time.perf_counter() - started
@@ -339,6 +347,7 @@ class OpenAIBackend:
     """Any OpenAI-compatible chat endpoint (OpenAI, Azure OpenAI, vLLM, Ollama, LM Studio) via the `openai` SDK."""
 
     name = "openai"
+    supports_tools = True
 
     def __init__(self, spec: ModelSpec) -> None:
         import openai
@@ -359,11 +368,14 @@ class OpenAIBackend:
         stop: list[str] | None = None,
         on_token: Callable[[str], None] | None = None,
         timeout: float | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> Completion:
         started = time.perf_counter()
         pieces: list[str] = []
+        calls: dict[int, dict[str, Any]] = {}
         usage = None
         finish = "stop"
+        extra = {"tools": tools} if tools else {}
         try:
             stream = self.client.chat.completions.create(
                 model=self.spec.model,
@@ -374,16 +386,24 @@ class OpenAIBackend:
                 stream=True,
                 stream_options={"include_usage": True},
                 timeout=timeout,
+                **extra,
             )
             for chunk in stream:
                 if getattr(chunk, "usage", None):
                     usage = chunk.usage
                 for choice in chunk.choices or []:
-                    text = choice.delta.content if choice.delta else None
+                    delta = choice.delta
+                    text = delta.content if delta else None
                     if text:
                         pieces.append(text)
                         if on_token is not None:
                             on_token(text)
+                    for part in (delta.tool_calls if delta else None) or []:
+                        call = calls.setdefault(part.index, {"id": "", "name": "", "arguments": ""})
+                        call["id"] = part.id or call["id"]
+                        if part.function is not None:
+                            call["name"] += part.function.name or ""
+                            call["arguments"] += part.function.arguments or ""
                     if choice.finish_reason:
                         finish = choice.finish_reason
         except self._errors as exc:
@@ -401,6 +421,7 @@ class OpenAIBackend:
             completion_tokens=completion_tokens,
             latency_s=round(time.perf_counter() - started, 4),
             finish_reason=finish,
+            tool_calls=[_parsed_call(calls[i]) for i in sorted(calls)],
         )
 
 
@@ -468,6 +489,14 @@ class AnthropicBackend:
             latency_s=round(time.perf_counter() - started, 4),
             finish_reason="stop" if finish in ("end_turn", "stop_sequence") else finish,
         )
+
+
+def _parsed_call(call: dict[str, Any]) -> dict[str, Any]:
+    try:
+        arguments = json.loads(call["arguments"] or "{}")
+    except json.JSONDecodeError as exc:
+        raise BackendError(f"the model called {call['name']!r} with arguments that are not JSON: {exc}") from exc
+    return {"id": call["id"], "name": call["name"], "arguments": arguments if isinstance(arguments, dict) else {}}
 
 
 def anthropic_not_given() -> Any:

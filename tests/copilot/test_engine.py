@@ -232,3 +232,32 @@ def test_bad_recipes_name_the_field(text, message):
 
     with pytest.raises(RecipeError, match=message):
         ContextRecipe.parse(text, "team.yaml")
+
+
+def test_the_model_may_call_gateway_tools_within_a_step_budget(srv):
+    def reply(body):
+        roles = [m["role"] for m in body["messages"]]
+        if "tool" not in roles:
+            return {"tool_calls": [{"name": "sql__query", "arguments": {"sql": "SELECT DISTINCT status FROM orders"}}]}
+        return GOOD
+
+    with FakeLLM(reply) as llm:
+        suggestion = copilot(srv, llm).generate("sql", "orders by status", tool_steps=2)
+    assert suggestion.valid and suggestion.tool_calls == [
+        {"name": "sql__query", "arguments": {"sql": "SELECT DISTINCT status FROM orders"}, "ok": True}
+    ]
+    offered = {t["function"]["name"] for t in llm.requests[0]["tools"]}
+    assert "sql__query" in offered and len(offered) <= 8
+    tool_message = next(m for m in llm.requests[1]["messages"] if m["role"] == "tool")
+    assert "rows" in tool_message["content"] and tool_message["tool_call_id"] == "call_0"
+    srv.api("GET", "contextlab/api/audit", params={"flush": 1})
+    with sqlite3.connect(srv.state_db) as db:
+        assert db.execute("SELECT count(*) FROM audit_log WHERE target = 'search_tools'").fetchone()[0] >= 1
+
+
+def test_tool_steps_are_bounded_and_unoffered_tools_are_refused(srv):
+    with FakeLLM([{"tool_calls": [{"name": "made_up__tool", "arguments": {}}]}, GOOD]) as llm:
+        suggestion = copilot(srv, llm).generate("sql", "top customers", tool_steps=1)
+    assert suggestion.tool_calls == [{"name": "made_up__tool", "arguments": {}, "ok": False}]
+    assert "tools" not in llm.requests[1]  # the last step offers no tools: the model must answer
+    assert "not one of the offered tools" in llm.requests[1]["messages"][-1]["content"]

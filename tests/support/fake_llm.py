@@ -2,8 +2,10 @@
 
 `FakeLLM(replies)` serves `POST /v1/chat/completions` (streaming and not) on a free port in a thread.
 Each request takes the next scripted reply (the last one repeats); a reply may be a string, or
-`("status", 503)` for an HTTP error, or `("sleep", seconds, text)` for a slow answer. Every request
-body is kept in `requests`.
+`("status", 503)` for an HTTP error, `("sleep", seconds, text)` for a slow answer, or
+`{"tool_calls": [{"name": ..., "arguments": {...}}]}` for a turn that calls tools. `replies` may
+also be a callable that takes the request body (a dict) and returns such a reply, for answers that
+depend on the question. Every request body is kept in `requests`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -24,8 +27,8 @@ from tests.support.server import free_port
 
 
 class FakeLLM:
-    def __init__(self, replies: list[Any]) -> None:
-        self.replies = list(replies)
+    def __init__(self, replies: list[Any] | Callable[[dict[str, Any]], Any]) -> None:
+        self.replies = replies if callable(replies) else list(replies)
         self.requests: list[dict[str, Any]] = []
         self.port = free_port()
         app = Starlette(
@@ -55,7 +58,10 @@ class FakeLLM:
     async def _chat(self, request: Request) -> Any:
         body = await request.json()
         self.requests.append(body)
-        reply = self.replies[min(len(self.requests) - 1, len(self.replies) - 1)]
+        if callable(self.replies):
+            reply = self.replies(body)
+        else:
+            reply = self.replies[min(len(self.requests) - 1, len(self.replies) - 1)]
         if isinstance(reply, tuple) and reply[0] == "status":
             return JSONResponse(
                 {"error": {"message": "scripted failure", "type": "server_error"}}, status_code=reply[1]
@@ -63,6 +69,8 @@ class FakeLLM:
         if isinstance(reply, tuple) and reply[0] == "sleep":
             await asyncio.sleep(reply[1])
             reply = reply[2]
+        if isinstance(reply, dict) and "tool_calls" in reply:
+            return StreamingResponse(_tool_call_stream(body, reply["tool_calls"]), media_type="text/event-stream")
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
         usage = {
             "prompt_tokens": prompt_tokens,
@@ -112,7 +120,10 @@ class FakeLLM:
         """Anthropic's Messages API, streamed as its server-sent events."""
         body = await request.json()
         self.requests.append(body)
-        reply = self.replies[min(len(self.requests) - 1, len(self.replies) - 1)]
+        if callable(self.replies):
+            reply = self.replies(body)
+        else:
+            reply = self.replies[min(len(self.requests) - 1, len(self.replies) - 1)]
         if isinstance(reply, tuple) and reply[0] == "status":
             error = {"type": "error", "error": {"type": "overloaded_error", "message": "scripted failure"}}
             return JSONResponse(error, status_code=reply[1])
@@ -148,3 +159,31 @@ class FakeLLM:
             yield event("message_stop", {})
 
         return StreamingResponse(stream(), media_type="text/event-stream")
+
+
+async def _tool_call_stream(body: dict[str, Any], calls: list[dict[str, Any]]):
+    """A streamed assistant turn that only calls tools (`{"tool_calls": [{"name", "arguments"}]}` replies)."""
+    for index, call in enumerate(calls):
+        arguments = json.dumps(call.get("arguments", {}))
+        for part, delta in enumerate((arguments[: len(arguments) // 2], arguments[len(arguments) // 2 :])):
+            function = {"arguments": delta} if part else {"name": call["name"], "arguments": delta}
+            tool_call = {"index": index, "function": function, "type": "function"}
+            if not part:
+                tool_call["id"] = f"call_{index}"
+            chunk = {
+                "id": "cmpl-2",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": body.get("model"),
+                "choices": [{"index": 0, "delta": {"tool_calls": [tool_call]}, "finish_reason": None}],
+            }
+            yield f"data: {json.dumps(chunk)}\n\n"
+    final = {
+        "id": "cmpl-2",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": body.get("model"),
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}],
+    }
+    yield f"data: {json.dumps(final)}\n\n"
+    yield "data: [DONE]\n\n"
