@@ -285,6 +285,8 @@ class Copilot:
                 context = [*spec.gather(self.client), *extra_context]
             except ToolFailed as exc:
                 raise CopilotError(f"The context for {target} could not be gathered: {exc}") from exc
+        if hasattr(spec, "use_context"):  # targets that read the context themselves (e.g. the function under test)
+            spec.use_context(context)
         template, prompt_version = spec.template, f"{spec.template_name}@builtin"
         managed = self.templates(spec.template_name) if self.templates is not None else None
         if managed is not None:
@@ -313,7 +315,7 @@ class Copilot:
                     project=self.project,
                     user=self.user,
                     model=model,
-                    max_tokens=self.max_tokens,
+                    max_tokens=max(self.max_tokens, getattr(spec, "max_tokens", 0)),
                     on_token=on_token,
                     tools=tools if step < tool_steps else None,
                 )
@@ -337,7 +339,10 @@ class Copilot:
                 break
             messages += [
                 {"role": "assistant", "content": completion.text},
-                {"role": "user", "content": f"That failed: {validation.error}\nReturn a corrected query only."},
+                {
+                    "role": "user",
+                    "content": f"That failed: {validation.error}\nReturn the corrected {spec.language} only.",
+                },
             ]
         return Suggestion(
             id=uuid.uuid4().hex,
@@ -393,3 +398,15 @@ class Copilot:
             log.append({"name": call["name"], "arguments": call["arguments"], "ok": ok})
             out.append({"role": "tool", "tool_call_id": call["id"], "content": result[:MAX_TOOL_RESULT]})
         return out
+
+
+def _register_builtin_targets() -> None:
+    """Fill TARGETS with the targets of `contextlab.copilot.targets` (python, test, er, flow, api, alert).
+
+    That package imports the names above, so it is imported last; it registers itself when its import
+    completes, which also covers the case where it is imported before this module.
+    """
+    import contextlab.copilot.targets  # noqa: F401
+
+
+_register_builtin_targets()

@@ -261,9 +261,9 @@ class LLMRouter:
         failures = []
         for spec in self.chain(target=target, sensitivity=sensitivity, project=project, model=model):
             started = time.perf_counter()
-            backend = self.backend(spec)
-            extra = {"tools": tools} if tools and getattr(backend, "supports_tools", False) else {}
             try:
+                backend = self.backend(spec)
+                extra = {"tools": tools} if tools and getattr(backend, "supports_tools", False) else {}
                 completion = backend.complete(
                     messages,
                     max_tokens=max_tokens,
@@ -273,7 +273,7 @@ class LLMRouter:
                     timeout=spec.timeout_s,
                     **extra,
                 )
-            except BackendError as exc:
+            except (BackendError, RuntimeError) as exc:  # RuntimeError: a backend that cannot run here
                 latency = time.perf_counter() - started
                 failures.append(f"{spec.name}: {exc}")
                 self._record(spec, target, project, user, 0, 0, latency, ok=False, error=str(exc))
@@ -308,7 +308,7 @@ class LLMRouter:
         if spent >= budget * self.policy.alert_fraction and project not in self._alerted:
             self._alerted.add(project)
             details = {"project": project, "spent": round(spent, 6), "budget": budget}
-            log.warning("project %s has used %.0f%% of its LLM budget", project, 100 * spent / budget)
+            log.warning("project %s has spent %.4g of its LLM budget of %.4g", project, spent, budget)
             if self.on_alert is not None:
                 self.on_alert("copilot.budget", details)
         return spent >= budget

@@ -105,7 +105,10 @@ def test_extra_context_items_reach_the_prompt(srv):
 
 @pytest.mark.parametrize(
     ("target", "request_text", "error"),
-    [("poem", "roses", "Unknown target 'poem'. Targets: sql"), ("sql", "   ", "Write what you need below")],
+    [
+        ("poem", "roses", "Unknown target 'poem'. Targets: alert, api, er, flow, python, sql, test"),
+        ("sql", "   ", "Write what you need below"),
+    ],
 )
 def test_bad_requests_are_refused_before_any_model_call(srv, target, request_text, error):
     with FakeLLM([GOOD]) as llm:

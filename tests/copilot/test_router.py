@@ -152,3 +152,23 @@ def test_an_overloaded_anthropic_endpoint_falls_back():
             ]
         )
         assert router.complete(MESSAGES).model == "backup"
+
+
+def test_a_zero_budget_means_local_models_only():
+    router = LLMRouter(
+        [spec("cloud", "http://x/v1"), ModelSpec(name="tiny", backend="local", locality="local")],
+        policy=RouterPolicy(budgets={"frozen": 0.0}),
+    )
+    assert [m.name for m in router.chain(project="frozen")] == ["tiny"]
+
+
+def test_an_offline_model_that_cannot_load_falls_back(monkeypatch, tmp_path):
+    monkeypatch.setenv("CONTEXTLAB_LOCAL_GGUF", str(tmp_path / "missing.gguf"))
+    monkeypatch.setenv("CONTEXTLAB_MODEL_CACHE", str(tmp_path / "cache"))
+    with FakeLLM(["from the cloud"]) as llm:
+        usage = MemoryUsage()
+        router = LLMRouter(
+            [ModelSpec(name="tiny", backend="local", locality="local"), spec("cloud", llm.base_url)], usage=usage
+        )
+        assert router.complete(MESSAGES).text == "from the cloud"
+    assert usage.records[0].model == "tiny" and not usage.records[0].ok and "missing.gguf" in usage.records[0].error
