@@ -77,6 +77,8 @@ def check_read_only(sql: str) -> exp.Expression:
         first = exc.errors[0] if exc.errors else {}
         where = f" (line {first.get('line')}, column {first.get('col')})" if first else ""
         raise SQLRefused(f"SQL does not parse{where}: {first.get('description', exc)}") from exc
+    except sqlglot.errors.SqlglotError as exc:  # e.g. a TokenError for an unterminated string
+        raise SQLRefused(f"SQL does not parse: {exc}") from exc
     if not statements:
         raise SQLRefused("Empty SQL: send one SELECT query.")
     if len(statements) > 1:

@@ -264,3 +264,9 @@ def test_tool_steps_are_bounded_and_unoffered_tools_are_refused(srv):
     assert suggestion.tool_calls == [{"name": "made_up__tool", "arguments": {}, "ok": False}]
     assert "tools" not in llm.requests[1]  # the last step offers no tools: the model must answer
     assert "not one of the offered tools" in llm.requests[1]["messages"][-1]["content"]
+
+
+def test_sql_that_does_not_even_tokenize_is_a_validation_error_not_a_crash(srv):
+    with FakeLLM(["```sql\nSELECT 'unterminated FROM customers\n```"]) as llm:
+        suggestion = copilot(srv, llm, max_repairs=0).generate("sql", "top customers")
+    assert not suggestion.valid and "does not parse" in suggestion.validation["error"]
