@@ -224,7 +224,7 @@ def execution_match(
     """
     from sqlglot.errors import SqlglotError
 
-    from contextlab.providers.sql import SQLRefused, check_read_only
+    from contextlab.providers.sql import SQLRefused, SQLUnparsable, check_read_only
 
     try:
         gold = _run(con, gold_sql, timeout_s, max_rows)
@@ -236,10 +236,10 @@ def execution_match(
         return MatchResult(False, "there is no predicted query")
     try:
         check_read_only(predicted_sql)
+    except (SQLUnparsable, SqlglotError) as exc:
+        return MatchResult(False, f"the predicted query does not parse: {exc}")
     except SQLRefused as exc:
         return MatchResult(False, f"the predicted query was refused: {exc}")
-    except SqlglotError as exc:  # e.g. an unterminated string: sqlglot's tokenizer raises TokenError
-        return MatchResult(False, f"the predicted query does not parse: {exc}")
     try:
         predicted = _run(con, predicted_sql, timeout_s, max_rows)
     except _TooManyRows:

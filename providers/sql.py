@@ -69,6 +69,10 @@ class SQLRefused(ProviderError):
     """The statement is not a read-only query; nothing was executed."""
 
 
+class SQLUnparsable(SQLRefused):
+    """The text does not parse as DuckDB SQL; nothing was executed."""
+
+
 def check_read_only(sql: str) -> exp.Expression:
     """Parse `sql` as DuckDB and return its tree if it is one read-only query, else raise SQLRefused."""
     try:
@@ -76,9 +80,9 @@ def check_read_only(sql: str) -> exp.Expression:
     except sqlglot.errors.ParseError as exc:
         first = exc.errors[0] if exc.errors else {}
         where = f" (line {first.get('line')}, column {first.get('col')})" if first else ""
-        raise SQLRefused(f"SQL does not parse{where}: {first.get('description', exc)}") from exc
+        raise SQLUnparsable(f"SQL does not parse{where}: {first.get('description', exc)}") from exc
     except sqlglot.errors.SqlglotError as exc:  # e.g. a TokenError for an unterminated string
-        raise SQLRefused(f"SQL does not parse: {exc}") from exc
+        raise SQLUnparsable(f"SQL does not parse: {exc}") from exc
     if not statements:
         raise SQLRefused("Empty SQL: send one SELECT query.")
     if len(statements) > 1:
