@@ -22,6 +22,7 @@ as BFCL does: the prompt tells the model that the string *is* the value.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 LANGUAGES = ("python", "java", "javascript")
@@ -146,12 +147,10 @@ def render_literal(value: Any, bfcl_type: str | None, item_type: str | None, lan
 # -- shared lexical helpers ------------------------------------------------------------------
 
 
-def split_top_level(text: str, separator: str = ",", maxsplit: int = -1) -> list[str]:
-    """Split `text` at `separator` where it is outside quotes and brackets; blank pieces are dropped."""
-    parts: list[str] = []
+def _unquoted(text: str) -> Iterator[tuple[int, str, int]]:
+    """(index, character, bracket depth after it) for every character outside quoted strings."""
     depth = 0
     quote = ""
-    start = 0
     index = 0
     while index < len(text):
         char = text[index]
@@ -162,14 +161,23 @@ def split_top_level(text: str, separator: str = ",", maxsplit: int = -1) -> list
                 quote = ""
         elif char in _QUOTES:
             quote = char
-        elif char in _OPEN:
-            depth += 1
-        elif char in ")]}":
-            depth -= 1
-        elif char == separator and depth == 0 and maxsplit != len(parts):
+        else:
+            if char in _OPEN:
+                depth += 1
+            elif char in ")]}":
+                depth -= 1
+            yield index, char, depth
+        index += 1
+
+
+def split_top_level(text: str, separator: str = ",", maxsplit: int = -1) -> list[str]:
+    """Split `text` at `separator` where it is outside quotes and brackets; blank pieces are dropped."""
+    parts: list[str] = []
+    start = 0
+    for index, char, depth in _unquoted(text):
+        if char == separator and depth == 0 and maxsplit != len(parts):
             parts.append(text[start:index])
             start = index + 1
-        index += 1
     parts.append(text[start:])
     return [part.strip() for part in parts if part.strip()]
 
@@ -412,24 +420,9 @@ def _js_object_pairs(text: str) -> list[tuple[str, str]] | None:
 def _balanced(text: str) -> bool:
     """Whether the brackets opening and closing `text` enclose all of it (so `[a] + [b]` is not one array)."""
     depth = 0
-    quote = ""
-    index = 0
-    while index < len(text):
-        char = text[index]
-        if quote:
-            if char == "\\":
-                index += 1
-            elif char == quote:
-                quote = ""
-        elif char in _QUOTES:
-            quote = char
-        elif char in _OPEN:
-            depth += 1
-        elif char in ")]}":
-            depth -= 1
-            if depth == 0 and index != len(text) - 1:
-                return False
-        index += 1
+    for index, char, depth in _unquoted(text):
+        if char in ")]}" and depth == 0 and index != len(text) - 1:
+            return False
     return depth == 0
 
 
