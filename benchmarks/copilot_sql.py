@@ -42,17 +42,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -60,21 +54,11 @@ if str(REPO) not in sys.path:
 
 import duckdb  # noqa: E402
 
-from contextlab.copilot.context import ContextClient, ContextUnavailable, Endpoint  # noqa: E402
+from contextlab.copilot.context import ContextClient, Endpoint  # noqa: E402
 from contextlab.copilot.engine import Copilot  # noqa: E402
 from contextlab.copilot.llm import OFFLINE_MODEL, LLMRouter, MemoryUsage, ModelSpec  # noqa: E402
-from contextlab.evaluation.sql import (  # noqa: E402
-    MatchResult,
-    SQLCase,
-    execution_match,
-    load_sql_suite,
-    packaged_suite,
-)
-
-try:
-    from tqdm import tqdm
-except ImportError:  # progress is a nicety
-    tqdm = None
+from contextlab.evaluation.copilot_eval import EvalServer, evaluate_sql, external_endpoint, summarize  # noqa: E402
+from contextlab.evaluation.sql import load_sql_suite, packaged_suite  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -117,109 +101,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # -- the ContextLab server ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Server:
-    """A Jupyter server with ContextLab and only the sql provider, serving one DuckDB file as `shop`."""
-
-    database: Path
-    workdir: Path
-    port: int = 0
-    token: str = ""
-    process: subprocess.Popen | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-    @property
-    def mcp_url(self) -> str:
-        return f"{self.base_url}contextlab/mcp"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "server.log"
-
-    def start(self, timeout: float = 90) -> None:
-        root, home = self.workdir / "root", self.workdir / "home"
-        for folder in (root, home / "config", home / "runtime", home / "data"):
-            folder.mkdir(parents=True, exist_ok=True)
-        self.port, self.token = free_port(), uuid.uuid4().hex
-        env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER_")}
-        env.update(
-            JUPYTER_CONFIG_DIR=str(home / "config"),
-            JUPYTER_RUNTIME_DIR=str(home / "runtime"),
-            JUPYTER_DATA_DIR=str(home / "data"),
-            JUPYTER_PLATFORM_DIRS="1",
-            JUPYTER_TOKEN=self.token,
-            PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")])),
-            PYTHONUNBUFFERED="1",
-        )
-        args = [
-            sys.executable,
-            "-m",
-            "jupyter_server",
-            f"--ServerApp.root_dir={root}",
-            f"--ServerApp.port={self.port}",
-            "--ServerApp.ip=127.0.0.1",
-            "--ServerApp.port_retries=0",
-            "--ServerApp.open_browser=False",
-            "--ServerApp.allow_root=True",
-            "--ServerApp.jpserver_extensions={'contextlab.extension': True}",
-            "--ContextLab.providers=sql",
-            "--ContextLab.sql_databases=" + json.dumps({"shop": str(self.database.resolve())}),
-        ]
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(args, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            self._wait(timeout)
-        except BaseException:
-            self.stop()
-            raise
-
-    def _wait(self, timeout: float) -> None:
-        import httpx
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"The ContextLab server exited early:\n{self._log_tail()}")
-            if "extension failed loading" in self._log_tail():
-                raise RuntimeError(f"ContextLab failed to load:\n{self._log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                response = httpx.get(
-                    f"{self.base_url}contextlab/api/status", headers={"Authorization": f"token {self.token}"}, timeout=5
-                )
-                if response.status_code == 200:
-                    return
-            time.sleep(0.2)
-        raise RuntimeError(f"The ContextLab server did not become ready in {timeout:.0f} s:\n{self._log_tail()}")
-
-    def _log_tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def external_endpoint(url: str, token: str | None) -> Endpoint:
-    url = url.rstrip("/")
-    if not url.endswith("/contextlab/mcp"):
-        url += "/contextlab/mcp"
-    return Endpoint(url, token or os.environ.get("CONTEXTLAB_TOKEN") or os.environ.get("JUPYTER_TOKEN") or None)
-
-
 # -- the model ------------------------------------------------------------------------------------------
 
 
@@ -237,113 +118,6 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
     else:
         spec = OFFLINE_MODEL
     return replace(spec, timeout_s=args.timeout) if args.timeout else spec
-
-
-# -- one question ---------------------------------------------------------------------------------------
-
-
-def run_once(
-    copilot: Copilot, con: duckdb.DuckDBPyConnection, case: SQLCase, model: str, *, use_context: bool
-) -> dict[str, Any]:
-    """One generation and its judgement: final match, first-attempt usability, latency, attempts."""
-    started = time.perf_counter()
-    try:
-        suggestion = copilot.generate("sql", case.question, model=model, use_context=use_context)
-    except ContextUnavailable:
-        raise  # the server is gone: no later question can do better
-    except Exception as exc:  # no model answered, a bad request, or a Copilot bug: a miss, not a crash
-        return {
-            "error": f"{type(exc).__name__}: {exc}",
-            "latency_s": round(time.perf_counter() - started, 4),
-            "valid": False,
-            "match": False,
-            "first_usable": False,
-            "attempts": 0,
-            "code": "",
-        }
-    latency = time.perf_counter() - started
-    final = execution_match(con, suggestion.code, case.gold_sql) if suggestion.code else _NO_SQL
-    first = suggestion.attempts[0]
-    if len(suggestion.attempts) == 1:
-        first_match = final
-    else:
-        first_match = execution_match(con, first.code, case.gold_sql) if first.code else _NO_SQL
-    return {
-        "latency_s": round(latency, 4),
-        "valid": suggestion.valid,
-        "match": final.match,
-        "reason": final.reason,
-        "first_usable": first.ok and first_match.match,
-        "attempts": len(suggestion.attempts),
-        "code": suggestion.code,
-        "attempt_codes": [a.code for a in suggestion.attempts],
-        "attempt_errors": [a.error for a in suggestion.attempts],
-        "attempt_latency_s": [a.latency_s for a in suggestion.attempts],
-    }
-
-
-_NO_SQL = MatchResult(False, "the answer holds no SQL")
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    """The q-quantile (0..1) with linear interpolation between closest ranks; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def fraction(flags: list[bool]) -> float | None:
-    return round(sum(flags) / len(flags), 4) if flags else None
-
-
-def summarize(
-    spec: ModelSpec,
-    cases: list[SQLCase],
-    with_ctx: list[dict[str, Any]],
-    without_ctx: list[dict[str, Any]],
-    usage: MemoryUsage,
-    extra: dict[str, Any],
-    details: bool,
-) -> dict[str, Any]:
-    latencies = [r["latency_s"] for r in with_ctx]
-    p50, p95 = percentile(latencies, 0.5), percentile(latencies, 0.95)
-    accuracy = fraction([r["match"] for r in with_ctx])
-    report: dict[str, Any] = {
-        "cases": len(with_ctx),
-        "model": spec.name,
-        "model_id": spec.model,
-        "backend": spec.backend,
-        "accuracy_with_context": accuracy,
-        "accuracy_without_context": fraction([r["match"] for r in without_ctx]),
-        "first_suggestion_usable": fraction([r["first_usable"] for r in with_ctx]),
-        "accuracy_after_repair": accuracy,
-        "valid_rate_with_context": fraction([r["valid"] for r in with_ctx]),
-        "valid_rate_without_context": fraction([r["valid"] for r in without_ctx]),
-        "repairs_used": sum(max(r["attempts"] - 1, 0) for r in with_ctx),
-        "cases_repaired": sum(1 for r in with_ctx if r["attempts"] > 1),
-        "p50_s": round(p50, 3) if p50 is not None else None,
-        "p95_s": round(p95, 3) if p95 is not None else None,
-        "errors": sum(1 for r in [*with_ctx, *without_ctx] if "error" in r),
-        "prompt_tokens": sum(r.prompt_tokens for r in usage.records),
-        "completion_tokens": sum(r.completion_tokens for r in usage.records),
-        **extra,
-    }
-    if details:
-        report["details"] = [
-            {
-                "id": case.id,
-                "question": case.question,
-                "gold_sql": case.gold_sql,
-                "with_context": with_ctx[i],
-                **({"without_context": without_ctx[i]} if i < len(without_ctx) else {}),
-            }
-            for i, case in enumerate(cases[: len(with_ctx)])
-        ]
-    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -365,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             endpoint = external_endpoint(args.url, args.token)
         else:
             say(f"starting a ContextLab server on {database} ...")
-            server = Server(database, workdir)
+            server = EvalServer(database, workdir)
             server.start()
             stack.callback(server.stop)
             endpoint = Endpoint(server.mcp_url, server.token)
@@ -388,27 +162,9 @@ def main(argv: list[str] | None = None) -> int:
             backend.load()
         model_load_s = round(time.perf_counter() - load_started, 3)
 
-        runs = 1 if args.no_baseline else 2
-        progress = tqdm(total=len(cases) * runs, file=sys.stderr, disable=args.quiet, unit="gen") if tqdm else None
-        with_ctx: list[dict[str, Any]] = []
-        without_ctx: list[dict[str, Any]] = []
-        try:
-            for case in cases:
-                with_ctx.append(run_once(copilot, con, case, spec.name, use_context=True))
-                if progress is not None:
-                    progress.update()
-                if not args.no_baseline:
-                    without_ctx.append(run_once(copilot, con, case, spec.name, use_context=False))
-                    if progress is not None:
-                        progress.update()
-                if progress is not None:
-                    progress.set_postfix(
-                        acc_ctx=f"{sum(r['match'] for r in with_ctx)}/{len(with_ctx)}",
-                        acc_no_ctx=f"{sum(r['match'] for r in without_ctx)}/{len(without_ctx)}",
-                    )
-        finally:
-            if progress is not None:
-                progress.close()
+        with_ctx, without_ctx = evaluate_sql(
+            copilot, con, cases, spec.name, baseline=not args.no_baseline, progress=not args.quiet
+        )
         extra = {
             "suite": str(suite_path),
             "database": str(database),

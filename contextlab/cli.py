@@ -110,6 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     from contextlab.provider_cli import add_provider_commands
 
     add_provider_commands(sub, _add_server_arguments)
+    from contextlab.pipeline_cli import add_pipeline_commands
+
+    add_pipeline_commands(sub)
     return parser
 
 

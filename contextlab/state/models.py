@@ -198,3 +198,55 @@ class UsageRow(Base):
     latency_s: Mapped[float] = mapped_column(Float)
     ok: Mapped[bool] = mapped_column(Boolean)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class PipelineRunRow(Base):
+    """One run of a pipeline notebook: the job history the scheduler and `contextlab jobs` read."""
+
+    __tablename__ = "pipeline_runs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    pipeline: Mapped[str] = mapped_column(String(256))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    parameters: Mapped[dict] = mapped_column(JSON, default=dict)
+    tags: Mapped[dict] = mapped_column(JSON, default=dict)
+    trigger: Mapped[str] = mapped_column(String(16))
+    schedule: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    retry_of: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    executor: Mapped[str] = mapped_column(String(256))
+    timeout_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    output_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    tracking_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error_cell: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+
+    __table_args__ = (Index("ix_pipeline_runs_pipeline_created", "pipeline", "created_at"),)
+
+
+class PipelineScheduleRow(Base):
+    """A cron schedule for a pipeline, with its retry, timeout, concurrency and alert settings."""
+
+    __tablename__ = "pipeline_schedules"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    pipeline: Mapped[str] = mapped_column(String(256))
+    cron: Mapped[str] = mapped_column(String(128))
+    tz: Mapped[str] = mapped_column(String(64))
+    parameters: Mapped[dict] = mapped_column(JSON, default=dict)
+    tags: Mapped[dict] = mapped_column(JSON, default=dict)
+    retries: Mapped[int] = mapped_column(Integer, default=0)
+    backoff_s: Mapped[float] = mapped_column(Float, default=60.0)
+    timeout_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    max_concurrent: Mapped[int] = mapped_column(Integer, default=1)
+    alerts: Mapped[list] = mapped_column(JSON, default=list)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    next_run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -1,0 +1,1 @@
+"""The parameterised notebooks that pipelines run, shipped as package data."""
