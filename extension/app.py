@@ -183,6 +183,18 @@ class ContextLab(ExtensionApp):
         default_value={}, help="Latency preference per Copilot target: target -> 'fast' puts fast models first."
     ).tag(config=True)
 
+    pipeline_scheduler = Bool(True, help="Fire pipeline schedules inside the server.").tag(config=True)
+    pipeline_tick_seconds = Float(15.0, help="How often due pipeline schedules are checked.").tag(config=True)
+    pipeline_executor = Unicode(
+        "local", help="Where pipeline notebooks run: local, local:N, or dask://host:8786."
+    ).tag(config=True)
+    pipeline_max_concurrent = Int(2, help="Pipeline runs in flight at once, all pipelines together.").tag(config=True)
+    pipeline_retention_days = Float(30.0, help="Finished pipeline runs older than this are deleted.").tag(config=True)
+    pipeline_keep_last = Int(200, help="Pipeline runs kept per pipeline (older ones are deleted).").tag(config=True)
+    smtp_host = Unicode("localhost", help="SMTP server for pipeline email alerts.").tag(config=True)
+    smtp_port = Int(25, help="SMTP port for pipeline email alerts.").tag(config=True)
+    smtp_sender = Unicode("contextlab@localhost", help="Sender address of pipeline email alerts.").tag(config=True)
+
     registry_class = Type(Registry, klass=Registry, help="The upstream registry service.").tag(config=True)
     router_class = Type(Router, klass=Router, help="The router that keeps upstream connections and catalogs.").tag(
         config=True
@@ -295,11 +307,39 @@ class ContextLab(ExtensionApp):
             )
             self.service.attach_tool_search(self.searcher)
         self.store.save_manifests([m.model_dump(mode="json") for m in self.service.manifests])
+        self._init_pipelines()
         self.log.info(
             "ContextLab %s: MCP endpoint at %s with providers %s",
             contextlab.__version__,
             self.mcp_url_path,
             ", ".join(self.providers),
+        )
+
+    def _init_pipelines(self) -> None:
+        from contextlab.pipelines.executors import ExecutorError, LocalExecutor, make_executor
+        from contextlab.pipelines.runner import PipelineRunner
+        from contextlab.pipelines.scheduler import RetentionPolicy, Scheduler, SmtpSettings
+
+        try:
+            executor = make_executor(self.pipeline_executor)
+        except ExecutorError as exc:
+            self.log.error("ContextLab pipelines fall back to the local executor: %s", exc)
+            executor = LocalExecutor()
+        self.pipelines = PipelineRunner(
+            self.store,
+            self.state_dir,
+            tracking_uri=self.mlflow_uri,
+            executor=executor,
+            max_concurrent=self.pipeline_max_concurrent,
+            cwd=self.root_dir,
+            notebook_dirs=[self.root_dir / "notebooks", self.root_dir],
+            env={"CONTEXTLAB_WORKSPACE": str(self.root_dir)},
+            publish=self.events.publish,
+        )
+        self.scheduler = Scheduler(
+            self.pipelines,
+            smtp=SmtpSettings(host=self.smtp_host, port=self.smtp_port, sender=self.smtp_sender),
+            retention=RetentionPolicy(timedelta(days=self.pipeline_retention_days), self.pipeline_keep_last),
         )
 
     def copilot_config(self) -> dict[str, Any]:
@@ -368,6 +408,8 @@ class ContextLab(ExtensionApp):
             "prompt_sync": self.prompt_sync,
             "copilot_records": CopilotRecords(self.store),
             "copilot_config": self.copilot_config,
+            "pipelines": self.pipelines,
+            "scheduler": self.scheduler,
         }
         self.handlers.extend(
             [
@@ -408,6 +450,8 @@ class ContextLab(ExtensionApp):
                     rest.CopilotHandler,
                     admin_extra,
                 ),
+                (r"/contextlab/api/pipelines/(runs|schedules)", rest.PipelinesHandler, admin_extra),
+                (r"/contextlab/api/pipelines/(runs)/([0-9a-f]{32})", rest.PipelinesHandler, admin_extra),
                 (r"/contextlab/api/tokens", rest.TokensHandler, admin),
                 (r"/contextlab/api/tokens/([A-Za-z0-9]+)", rest.TokensHandler, admin),
                 (r"/contextlab/api/audit", rest.AuditHandler, admin),
@@ -472,6 +516,8 @@ class ContextLab(ExtensionApp):
         if self.searcher is not None:
             self._index_task = asyncio.create_task(self._warm_tool_index(), name="contextlab-tool-index")
         self._policy_task = asyncio.create_task(self._watch_policy(), name="contextlab-policy-watch")
+        if self.pipeline_scheduler:
+            self._scheduler_task = asyncio.create_task(self._run_scheduler(), name="contextlab-scheduler")
         if self.freeze_startup_objects:
             gc.collect()
             gc.freeze()
@@ -508,9 +554,22 @@ class ContextLab(ExtensionApp):
             await asyncio.sleep(self.policy_check_seconds)
             self.gateway.policy.reload()
 
+    async def _run_scheduler(self) -> None:
+        # Ticks run in a worker thread: they touch the store and may start runs.
+        while True:
+            try:
+                await asyncio.to_thread(self.scheduler.tick)
+            except Exception:
+                self.log.exception("ContextLab scheduler tick failed; trying again")
+            await asyncio.sleep(self.pipeline_tick_seconds)
+
     async def stop_extension(self) -> None:
         if getattr(self, "_policy_task", None) is not None:
             self._policy_task.cancel()
+        if getattr(self, "_scheduler_task", None) is not None:
+            self._scheduler_task.cancel()
+        if getattr(self, "pipelines", None) is not None:
+            self.pipelines.close(wait=False)
         if self.service is not None:
             await self.service.stop()
         if getattr(self, "prompt_sync", None) is not None:

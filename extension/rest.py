@@ -575,3 +575,44 @@ class CopilotHandler(AdminHandler):
         if self.caller is None:
             raise web.HTTPError(403, "Authenticate with the Jupyter token or a ContextLab API token.")
         return self.caller
+
+
+class PipelinesHandler(AdminHandler):
+    """Pipeline history, read-only: `GET runs?status=failed&pipeline=…&tag=key:value&since=7d&limit=&offset=`,
+    `GET runs/<id>`, `GET schedules`. Any authenticated caller may read it."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, what: str, run_id: str | None = None) -> None:
+        pipelines = self.extra["pipelines"]
+        if what == "schedules":
+            self.reply({"schedules": self.extra["scheduler"].list()})
+            return
+        if run_id is not None:
+            record = pipelines.get(run_id)
+            if record is None:
+                raise web.HTTPError(404, f"No pipeline run {run_id}.")
+            self.reply(record)
+            return
+        tags = {}
+        for item in self.get_query_arguments("tag"):
+            key, sep, value = item.partition(":")
+            if not sep or not key:
+                self.fail(RegistryError(f"tag {item!r}: use key:value.", 400))
+                return
+            tags[key] = value
+        since = self.get_query_argument("since", None)
+        try:
+            page = pipelines.history(
+                status=self.get_query_arguments("status") or None,
+                pipeline=self.get_query_argument("pipeline", None),
+                schedule=self.get_query_argument("schedule", None),
+                tags=tags,
+                since=datetime.now(UTC) - parse_since(since) if since else None,
+                limit=int(self.get_query_argument("limit", "50")),
+                offset=int(self.get_query_argument("offset", "0")),
+            )
+        except ValueError as exc:
+            self.fail(RegistryError(str(exc), 400))
+            return
+        self.reply({"runs": page.runs, "total": page.total, "limit": page.limit, "offset": page.offset})

@@ -227,6 +227,10 @@ class PipelineRunner:
             return list(self._futures)
 
     def close(self, wait: bool = True) -> None:
+        """Stop taking runs. With `wait=False` the runs in flight are cancelled (their kernels stopped)."""
+        if not wait:
+            for run_id in self.active():
+                cancel(self.runs_dir / run_id)
         self._pool.shutdown(wait=wait, cancel_futures=True)
         self.executor.close()
 
