@@ -185,9 +185,9 @@ class ContextLab(ExtensionApp):
 
     pipeline_scheduler = Bool(True, help="Fire pipeline schedules inside the server.").tag(config=True)
     pipeline_tick_seconds = Float(15.0, help="How often due pipeline schedules are checked.").tag(config=True)
-    pipeline_executor = Unicode(
-        "local", help="Where pipeline notebooks run: local, local:N, or dask://host:8786."
-    ).tag(config=True)
+    pipeline_executor = Unicode("local", help="Where pipeline notebooks run: local, local:N, or dask://host:8786.").tag(
+        config=True
+    )
     pipeline_max_concurrent = Int(2, help="Pipeline runs in flight at once, all pipelines together.").tag(config=True)
     pipeline_retention_days = Float(30.0, help="Finished pipeline runs older than this are deleted.").tag(config=True)
     pipeline_keep_last = Int(200, help="Pipeline runs kept per pipeline (older ones are deleted).").tag(config=True)
@@ -450,8 +450,13 @@ class ContextLab(ExtensionApp):
                     rest.CopilotHandler,
                     admin_extra,
                 ),
-                (r"/contextlab/api/pipelines/(runs|schedules)", rest.PipelinesHandler, admin_extra),
-                (r"/contextlab/api/pipelines/(runs)/([0-9a-f]{32})", rest.PipelinesHandler, admin_extra),
+                (r"/contextlab/api/pipelines/runs", rest.PipelinesHandler, {**admin_extra, "what": "runs"}),
+                (
+                    r"/contextlab/api/pipelines/runs/([0-9a-f]{32})",
+                    rest.PipelinesHandler,
+                    {**admin_extra, "what": "runs"},
+                ),
+                (r"/contextlab/api/pipelines/schedules", rest.PipelinesHandler, {**admin_extra, "what": "schedules"}),
                 (r"/contextlab/api/tokens", rest.TokensHandler, admin),
                 (r"/contextlab/api/tokens/([A-Za-z0-9]+)", rest.TokensHandler, admin),
                 (r"/contextlab/api/audit", rest.AuditHandler, admin),

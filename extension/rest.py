@@ -583,9 +583,9 @@ class PipelinesHandler(AdminHandler):
 
     @web.authenticated
     @authorized
-    async def get(self, what: str, run_id: str | None = None) -> None:
+    async def get(self, run_id: str | None = None) -> None:
         pipelines = self.extra["pipelines"]
-        if what == "schedules":
+        if self.extra["what"] == "schedules":
             self.reply({"schedules": self.extra["scheduler"].list()})
             return
         if run_id is not None:
