@@ -25,8 +25,44 @@ import duckdb
 
 from contextlab.copilot.context import ContextUnavailable, Endpoint
 from contextlab.copilot.engine import Copilot
-from contextlab.copilot.llm import MemoryUsage, ModelSpec
+from contextlab.copilot.llm import OFFLINE_MODEL, MemoryUsage, ModelSpec
 from contextlab.evaluation.sql import MatchResult, SQLCase, execution_match
+
+
+def resolve_model(model: str | dict[str, Any] | ModelSpec) -> ModelSpec:
+    """A model for an evaluation run, from a name or a spec.
+
+    `smollm2` / `local` is the offline model; `openai:<id>` and `anthropic:<id>` use those SDKs with
+    `OPENAI_API_KEY` (and `OPENAI_BASE_URL` for any OpenAI-compatible endpoint) or `ANTHROPIC_API_KEY`;
+    a dict is a full `ModelSpec` (name, backend, model, base_url, api_key_env, …).
+    """
+    if isinstance(model, ModelSpec):
+        return model
+    if isinstance(model, dict):
+        return ModelSpec.from_dict(dict(model))
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f"model {model!r}: give a name such as smollm2, openai:gpt-4o-mini, or a ModelSpec dict.")
+    name = model.strip()
+    if name in (OFFLINE_MODEL.name, "local"):
+        return OFFLINE_MODEL if name == OFFLINE_MODEL.name else ModelSpec(**{**OFFLINE_MODEL.__dict__, "name": name})
+    vendor, _, model_id = name.partition(":")
+    if vendor == "openai" and model_id:
+        return ModelSpec(
+            name=name,
+            backend="openai",
+            model=model_id,
+            base_url=os.environ.get("OPENAI_BASE_URL") or None,
+            api_key_env="OPENAI_API_KEY",
+            timeout_s=120.0,
+        )
+    if vendor == "anthropic" and model_id:
+        return ModelSpec(
+            name=name, backend="anthropic", model=model_id, api_key_env="ANTHROPIC_API_KEY", timeout_s=120.0
+        )
+    raise ValueError(
+        f"unknown model {name!r}: use smollm2 (offline), openai:<model id>, anthropic:<model id>, "
+        "or a ModelSpec dict such as {'name': 'vllm', 'backend': 'openai', 'model': '…', 'base_url': '…'}."
+    )
 
 
 def free_port() -> int:

@@ -1,0 +1,68 @@
+"""The shipped pipeline notebooks, run by the real runner with papermill on real kernels."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from mlflow import MlflowClient
+
+from contextlab.evaluation.sql import load_sql_suite, packaged_suite
+from contextlab.pipelines.runner import PipelineRunner, notebook_parameters, packaged_pipelines, resolve_notebook
+from contextlab.state import StateStore
+from tests.support.fake_llm import FakeLLM
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory: pytest.TempPathFactory):
+    state = tmp_path_factory.mktemp("state")
+    store = StateStore(f"sqlite:///{state / 'state.db'}")
+    store.migrate()
+    runner = PipelineRunner(store, state, cwd=state)
+    yield runner
+    runner.close()
+    store.close()
+
+
+@pytest.mark.parametrize("name", packaged_pipelines())
+def test_every_parameter_line_parses(name: str) -> None:
+    """papermill skips a parameter line it cannot parse (e.g. a comment with `=`); none may be skipped."""
+    nb = nbformat.read(resolve_notebook(name), as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assigned = re.findall(r"^([A-Za-z_]\w*)\s*=", cell.source, flags=re.M)
+    assert sorted(notebook_parameters(resolve_notebook(name))) == sorted(assigned)
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+
+
+def _gold_when_grounded():
+    gold = {case.question: case.gold_sql for case in load_sql_suite(packaged_suite())}
+
+    def reply(body: dict) -> str:
+        system = body["messages"][0]["content"]
+        question = body["messages"][-1]["content"]
+        if "## Database schema" in system and question in gold:
+            return f"```sql\n{gold[question]}\n```"
+        return "```sql\nSELECT * FROM customer_table\n```"  # without the schema it guesses a table name
+
+    return reply
+
+
+def test_copilot_eval(runner: PipelineRunner) -> None:
+    with FakeLLM(_gold_when_grounded()) as llm:
+        model = {"name": "scripted", "backend": "openai", "model": "m", "base_url": llm.base_url, "api_key_env": "HOME"}
+        record = runner.run("copilot_eval", {"models": [model], "limit": 3, "max_repairs": 1})
+    assert record["status"] == "succeeded", record["error"]
+    metrics = record["metrics"]
+    assert metrics["scripted.accuracy_with_context"] == 1.0
+    assert metrics["scripted.accuracy_without_context"] == 0.0
+    assert metrics["scripted.context_gain"] == 1.0
+    assert metrics["scripted.first_suggestion_usable"] == 1.0
+    run = MlflowClient(runner.tracking_uri).get_run(record["mlflow_run_id"])
+    assert run.data.metrics["scripted.accuracy_with_context"] == 1.0
+    assert run.data.params["cases"] == "3"
+    executed = json.loads(Path(record["output_path"]).read_text())
+    outputs = json.dumps([c.get("outputs", []) for c in executed["cells"]])
+    assert "image/png" in outputs and "Best with context: scripted" in outputs
