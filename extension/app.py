@@ -23,6 +23,7 @@ import contextlab
 from contextlab.connect import connection_banner, mcp_url
 from contextlab.extension import rest
 from contextlab.extension.copilot_records import CopilotRecords
+from contextlab.extension.copilot_watch import CONTENTS_EVENTS, DeletedCellWatcher
 from contextlab.extension.events import EventBus
 from contextlab.extension.gateway import Gateway
 from contextlab.extension.handlers import MCPHandler, StatusHandler, request_logger
@@ -308,6 +309,8 @@ class ContextLab(ExtensionApp):
             self.service.attach_tool_search(self.searcher)
         self.store.save_manifests([m.model_dump(mode="json") for m in self.service.manifests])
         self._init_pipelines()
+        self.copilot_records = CopilotRecords(self.store)
+        self.cell_watcher = DeletedCellWatcher(self.copilot_records, self.root_dir)
         self.log.info(
             "ContextLab %s: MCP endpoint at %s with providers %s",
             contextlab.__version__,
@@ -406,7 +409,7 @@ class ContextLab(ExtensionApp):
             "reviews": self.reviews,
             "prompts": self.prompts,
             "prompt_sync": self.prompt_sync,
-            "copilot_records": CopilotRecords(self.store),
+            "copilot_records": self.copilot_records,
             "copilot_config": self.copilot_config,
             "pipelines": self.pipelines,
             "scheduler": self.scheduler,
@@ -517,6 +520,7 @@ class ContextLab(ExtensionApp):
     # -- lifecycle -------------------------------------------------------------------------------
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         await self.service.start()
+        serverapp.event_logger.add_listener(schema_id=CONTENTS_EVENTS, listener=self.cell_watcher.on_contents_event)
         self._export_kernel_connection(serverapp)
         if self.searcher is not None:
             self._index_task = asyncio.create_task(self._warm_tool_index(), name="contextlab-tool-index")

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from contextlab.state import StateStore
 from contextlab.state.models import FeedbackRow, SuggestionRow, UsageRow
 
-FEEDBACK_KINDS = ("accepted", "rejected", "ran", "edited", "reverted")
+FEEDBACK_KINDS = ("accepted", "rejected", "ran", "edited", "reverted", "deleted")
 MAX_TEXT = 200_000
 
 
@@ -138,6 +138,12 @@ class CopilotRecords:
                 else None
             )
         return {"summary": summarise(rows), "spent": spent}
+
+    def suggestion_user(self, suggestion_id: str) -> str | None:
+        """Who asked for a suggestion (None when it is not recorded)."""
+        with Session(self.store.engine) as session:
+            row = session.get(SuggestionRow, suggestion_id)
+            return row.user if row is not None else None
 
     def feedback(self, suggestion_id: str) -> list[dict[str, Any]]:
         with Session(self.store.engine) as session:

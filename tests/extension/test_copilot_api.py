@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 import uuid
 
 import pytest
@@ -188,3 +189,38 @@ def test_a_server_kernel_generates_sql_through_the_endpoint_with_no_setup(srv, t
             kernel.close()
     valid, count = reply["stdout"].split()
     assert valid == "True" and int(count) > 0
+
+
+def _notebook(*sources: str) -> dict:
+    cells = [
+        {"id": f"c{i}", "cell_type": "code", "source": source, "metadata": {}, "outputs": [], "execution_count": None}
+        for i, source in enumerate(sources)
+    ]
+    return {"type": "notebook", "content": {"cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}}
+
+
+def test_deleting_a_copilot_cell_and_saving_records_deleted_feedback(srv):
+    kept, dropped = suggestion(), suggestion()
+    for body in (kept, dropped):
+        assert srv.api("POST", "contextlab/api/copilot/suggestions", json=body).status_code == 201
+    marked = [f"# copilot:{kept['id']}\nSELECT 1", f"# copilot:{dropped['id']}\nSELECT 2", "x = 1"]
+    path = "api/contents/feedback-watch.ipynb"
+    assert srv.api("PUT", path, json=_notebook(*marked)).status_code in (200, 201)
+    assert srv.api("PUT", path, json=_notebook(marked[0], marked[2])).status_code == 200  # second cell deleted
+
+    def kinds(suggestion_id: str) -> list[str]:
+        with sqlite3.connect(srv.state_db) as db:
+            rows = db.execute("SELECT kind, user FROM copilot_feedback WHERE suggestion_id = ?", (suggestion_id,))
+            return [f"{kind}:{user}" for kind, user in rows]
+
+    deadline = time.monotonic() + 10
+    while not kinds(dropped["id"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with sqlite3.connect(srv.state_db) as db:
+        (owner,) = db.execute("SELECT user FROM copilot_suggestions WHERE id = ?", (dropped["id"],)).fetchone()
+    assert kinds(dropped["id"]) == [f"deleted:{owner}"]
+    assert kinds(kept["id"]) == []
+    # A save without changes records nothing more.
+    assert srv.api("PUT", path, json=_notebook(marked[0], marked[2])).status_code == 200
+    time.sleep(0.5)
+    assert len(kinds(dropped["id"])) == 1
