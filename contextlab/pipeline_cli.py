@@ -105,6 +105,7 @@ def add_pipeline_commands(sub: Any) -> None:
     jlist.add_argument("--page", type=int, default=1, help="Page number, from 1.")
     show = command(jsub, "show", "Show one run: status, error cell, output notebook, MLflow run.", _jobs_show)
     show.add_argument("run_id", help="Run id (a unique prefix is enough).")
+    show.add_argument("--html", metavar="FILE", help="Also write the executed notebook as an HTML page to FILE.")
     cancel = command(jsub, "cancel", "Cancel a queued or running run.", _jobs_cancel)
     cancel.add_argument("run_id")
     purge = command(jsub, "purge", "Delete old finished runs and their output notebooks.", _jobs_purge)
@@ -409,6 +410,14 @@ def _jobs_show(args: argparse.Namespace) -> int:
         print(f"contextlab: no run {args.run_id!r} (or the prefix is ambiguous)", file=sys.stderr)
         return 1
     _print(args, record, _describe(record))
+    if args.html:
+        from contextlab.pipelines.runner import render_html
+
+        if not record.get("output_path") or not Path(record["output_path"]).exists():
+            print(f"contextlab: run {record['id']} has no output notebook", file=sys.stderr)
+            return 1
+        Path(args.html).write_text(render_html(record["output_path"]), encoding="utf-8")
+        print(f"wrote {args.html}", file=sys.stderr)
     return 0
 
 

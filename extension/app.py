@@ -459,6 +459,11 @@ class ContextLab(ExtensionApp):
                     rest.PipelinesHandler,
                     {**admin_extra, "what": "runs"},
                 ),
+                (
+                    r"/contextlab/api/pipelines/runs/([0-9a-f]{32})/notebook",
+                    rest.PipelinesHandler,
+                    {**admin_extra, "what": "notebook"},
+                ),
                 (r"/contextlab/api/pipelines/schedules", rest.PipelinesHandler, {**admin_extra, "what": "schedules"}),
                 (r"/contextlab/api/tokens", rest.TokensHandler, admin),
                 (r"/contextlab/api/tokens/([A-Za-z0-9]+)", rest.TokensHandler, admin),

@@ -7,8 +7,10 @@ use them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
@@ -592,6 +594,9 @@ class PipelinesHandler(AdminHandler):
             record = pipelines.get(run_id)
             if record is None:
                 raise web.HTTPError(404, f"No pipeline run {run_id}.")
+            if self.extra["what"] == "notebook":
+                await self._notebook(record)
+                return
             self.reply(record)
             return
         tags = {}
@@ -616,3 +621,16 @@ class PipelinesHandler(AdminHandler):
             self.fail(RegistryError(str(exc), 400))
             return
         self.reply({"runs": page.runs, "total": page.total, "limit": page.limit, "offset": page.offset})
+
+    async def _notebook(self, record: dict[str, Any]) -> None:
+        """The executed notebook as HTML (`?format=ipynb` for the file itself)."""
+        from contextlab.pipelines.runner import render_html
+
+        path = record.get("output_path")
+        if not path or not Path(path).exists():
+            raise web.HTTPError(404, f"Run {record['id']} has no output notebook ({record['status']}).")
+        if self.get_query_argument("format", "html") == "ipynb":
+            self.finish(Path(path).read_bytes(), set_content_type="application/x-ipynb+json")
+            return
+        html = await asyncio.to_thread(render_html, path)
+        self.finish(html, set_content_type="text/html; charset=utf-8")

@@ -394,6 +394,17 @@ class PipelineRunner:
             self._futures.pop(run_id, None)
 
 
+def render_html(notebook: str | Path) -> str:
+    """An executed notebook as a standalone HTML page (nbconvert's lab template)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _resources = HTMLExporter(template_name="lab").from_notebook_node(
+        nbformat.read(str(notebook), as_version=4)
+    )
+    return body
+
+
 def _kernel_of(notebook: Path) -> tuple[str, str]:
     import nbformat
 

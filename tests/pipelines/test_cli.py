@@ -54,8 +54,10 @@ def test_run_show_and_list(workspace: Path) -> None:
     assert failed.returncode == 1
     record = json.loads(failed.stdout)
     assert record["status"] == "failed" and record["error_cell"] == 3
-    shown = cli(workspace, "jobs", "show", run_id[:10])
+    page = workspace / "run.html"
+    shown = cli(workspace, "jobs", "show", run_id[:10], "--html", str(page))
     assert shown.returncode == 0 and f"run        {run_id}" in shown.stdout
+    assert "data:image/png;base64" in page.read_text()
     listing = cli(workspace, "jobs", "list", "--status", "failed", "--since", "7d")
     assert listing.returncode == 0
     assert "fails" in listing.stdout and "ValueError: bad input 2" in listing.stdout and " ok " not in listing.stdout

@@ -104,7 +104,8 @@ def test_timeout_stops_the_kernel_and_keeps_the_partial_notebook(runner: Pipelin
     assert "timed out after 4 s" in record["error"]
     assert record["error_cell"] == 2
     executed = json.loads(Path(record["output_path"]).read_text())
-    assert [c["metadata"]["papermill"]["status"] for c in executed["cells"] if c["cell_type"] == "code"][-1] == "running"
+    states = [c["metadata"]["papermill"]["status"] for c in executed["cells"] if c["cell_type"] == "code"]
+    assert states[-1] == "running"
 
 
 def test_cancel_a_running_run(runner: PipelineRunner) -> None:

@@ -51,6 +51,12 @@ def test_a_schedule_fires_in_the_server_and_history_is_served(pipeline_server) -
     one = pipeline_server.api("GET", f"contextlab/api/pipelines/runs/{run['id']}")
     assert one.status_code == 200 and one.json()["output_path"].endswith("output.ipynb")
     assert Path(one.json()["output_path"]).exists()
+    page = pipeline_server.api("GET", f"contextlab/api/pipelines/runs/{run['id']}/notebook")
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert "data:image/png;base64" in page.text  # the inline plot
+    assert "RunReport" in page.text  # the executed source is in the page
+    raw = pipeline_server.api("GET", f"contextlab/api/pipelines/runs/{run['id']}/notebook?format=ipynb")
+    assert raw.status_code == 200 and raw.json()["nbformat"] == 4
     schedules = pipeline_server.api("GET", "contextlab/api/pipelines/schedules").json()["schedules"]
     assert [s["name"] for s in schedules] == ["every-2s"]
 
@@ -62,5 +68,6 @@ def test_history_api_rejects_bad_queries(pipeline_server) -> None:
     assert pipeline_server.api("GET", "contextlab/api/pipelines/runs?tag=nocolon").status_code == 400
     missing = pipeline_server.api("GET", f"contextlab/api/pipelines/runs/{'0' * 32}")
     assert missing.status_code == 404
+    assert pipeline_server.api("GET", f"contextlab/api/pipelines/runs/{'0' * 32}/notebook").status_code == 404
     anonymous = pipeline_server.api("GET", "contextlab/api/pipelines/runs", headers={"Accept": "application/json"})
     assert anonymous.status_code == 403
