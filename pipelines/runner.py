@@ -399,9 +399,7 @@ def render_html(notebook: str | Path) -> str:
     import nbformat
     from nbconvert import HTMLExporter
 
-    body, _resources = HTMLExporter(template_name="lab").from_notebook_node(
-        nbformat.read(str(notebook), as_version=4)
-    )
+    body, _resources = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(str(notebook), as_version=4))
     return body
 
 

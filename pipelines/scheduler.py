@@ -9,14 +9,13 @@ do not double-fire: a slot is claimed with a compare-and-set on `next_run_at`.
 
 from __future__ import annotations
 
-import heapq
 import json
 import logging
 import re
 import smtplib
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
@@ -67,14 +66,6 @@ class RetentionPolicy:
     keep_last: int | None = 200
 
 
-@dataclass(order=True)
-class _Retry:
-    due: datetime
-    schedule: str = field(compare=False)
-    attempt: int = field(compare=False)
-    retry_of: str = field(compare=False)
-
-
 def validate_cron(cron: str, tz: str = "UTC") -> ZoneInfo:
     """Check a cron expression (5 fields, or 6 with seconds) and an IANA time zone."""
     if not isinstance(cron, str) or not croniter.is_valid(cron):
@@ -123,8 +114,6 @@ class Scheduler:
         self.publish = publish or runner.publish
         self.clock = clock
         self.webhook_timeout_s = webhook_timeout_s
-        self._retries: list[_Retry] = []
-        self._guard = threading.Lock()
         self.alerts_sent: list[dict[str, Any]] = []
 
     # -- schedules -----------------------------------------------------------------------------
@@ -239,24 +228,37 @@ class Scheduler:
             run_id = self._fire(row.name, attempt=1, retry_of=None)
             if run_id:
                 started.append(run_id)
-        while True:
-            with self._guard:
-                if not self._retries or self._retries[0].due > now:
-                    break
-                retry = heapq.heappop(self._retries)
-            run_id = self._fire(retry.schedule, attempt=retry.attempt, retry_of=retry.retry_of)
-            if run_id:
-                started.append(run_id)
+        with Session(self.store.engine) as session:
+            retries = list(
+                session.execute(
+                    select(
+                        PipelineScheduleRow.name,
+                        PipelineScheduleRow.retry_due,
+                        PipelineScheduleRow.retry_attempt,
+                        PipelineScheduleRow.retry_of,
+                    ).where(
+                        PipelineScheduleRow.enabled.is_(True),
+                        PipelineScheduleRow.retry_due.is_not(None),
+                        PipelineScheduleRow.retry_due <= now,
+                    )
+                )
+            )
+        for name, due, attempt, retry_of in retries:
+            if self._claim_retry(name, due):
+                run_id = self._fire(name, attempt=attempt, retry_of=retry_of)
+                if run_id:
+                    started.append(run_id)
         if self.retention is not None:
             self.runner.purge(older_than=self.retention.max_age, keep_last=self.retention.keep_last)
         return started
 
     def pending_retries(self) -> list[dict[str, Any]]:
-        with self._guard:
-            return [
-                {"schedule": r.schedule, "attempt": r.attempt, "due": r.due, "retry_of": r.retry_of}
-                for r in sorted(self._retries)
-            ]
+        """Retries waiting for their backoff to pass (kept in the store, so they survive a restart)."""
+        return [
+            {"schedule": s["name"], "attempt": s["retry_attempt"], "due": s["retry_due"], "retry_of": s["retry_of"]}
+            for s in sorted(self.list(), key=lambda s: s["retry_due"] or datetime.max.replace(tzinfo=UTC))
+            if s["retry_due"] is not None
+        ]
 
     def run_forever(self, stop: threading.Event, tick_s: float = 15.0) -> None:
         """The standalone loop (`contextlab scheduler run`): tick until `stop` is set."""
@@ -274,6 +276,15 @@ class Scheduler:
                 update(PipelineScheduleRow)
                 .where(PipelineScheduleRow.name == row.name, PipelineScheduleRow.next_run_at == row.next_run_at)
                 .values(next_run_at=upcoming, last_run_at=now)
+            )
+            return result.rowcount == 1
+
+    def _claim_retry(self, name: str, due: datetime) -> bool:
+        with Session(self.store.engine) as session, session.begin():
+            result = session.execute(
+                update(PipelineScheduleRow)
+                .where(PipelineScheduleRow.name == name, PipelineScheduleRow.retry_due == due)
+                .values(retry_due=None, retry_attempt=None, retry_of=None)
             )
             return result.rowcount == 1
 
@@ -319,9 +330,11 @@ class Scheduler:
         if attempt <= schedule["retries"]:
             delay = min(schedule["backoff_s"] * 2 ** (attempt - 1), MAX_BACKOFF_S)
             due = self.clock() + timedelta(seconds=delay)
-            with self._guard:
-                heapq.heappush(
-                    self._retries, _Retry(due, schedule["name"], attempt + 1, record["retry_of"] or record["id"])
+            with Session(self.store.engine) as session, session.begin():
+                session.execute(
+                    update(PipelineScheduleRow)
+                    .where(PipelineScheduleRow.name == schedule["name"])
+                    .values(retry_due=due, retry_attempt=attempt + 1, retry_of=record["retry_of"] or record["id"])
                 )
             self._emit(
                 "pipeline.retry",
@@ -396,7 +409,7 @@ def _aware(value: datetime) -> datetime:
 
 def _schedule_dict(row: PipelineScheduleRow) -> dict[str, Any]:
     out = {column.name: getattr(row, column.name) for column in PipelineScheduleRow.__table__.columns}
-    for key in ("created_at", "next_run_at", "last_run_at"):
+    for key in ("created_at", "next_run_at", "last_run_at", "retry_due"):
         if out[key] is not None:
             out[key] = _aware(out[key])
     return out

@@ -250,3 +250,7 @@ class PipelineScheduleRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     next_run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_run_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # A pending retry survives restarts: when it is due, which attempt it is, and the first run's id.
+    retry_due: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    retry_attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    retry_of: Mapped[str | None] = mapped_column(String(32), nullable=True)

@@ -58,6 +58,9 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("next_run_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_run_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("retry_due", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("retry_attempt", sa.Integer(), nullable=True),
+        sa.Column("retry_of", sa.String(32), nullable=True),
     )
 
 
