@@ -199,6 +199,8 @@ class Scheduler:
             if row is None:
                 return False
             row.enabled = enabled
+            if not enabled:  # a pending retry is dropped with the schedule's slots
+                row.retry_due = row.retry_attempt = row.retry_of = None
             if enabled:
                 row.next_run_at = next_fire(row.cron, row.tz, self.clock())
             return True
