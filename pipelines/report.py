@@ -22,6 +22,7 @@ from contextlab.pipelines.execute import REPORT_ENV, RUN_ID_ENV
 
 REPORT_FILE = "report.json"
 ARTIFACTS = "artifacts"
+CHILDREN = "children"
 _NAME = re.compile(r"^[A-Za-z0-9_.\-/ ]{1,250}$")
 
 
@@ -96,6 +97,21 @@ class RunReport:
             shutil.copy2(source, target)
         return self._artifact(target)
 
+    def child(self, name: str) -> RunReport:
+        """A report for one variant of the run (e.g. one description label × model).
+
+        Each child becomes a nested MLflow run under this one, with its own params and metrics, so
+        the MLflow UI can put variants side by side (select the child runs, then Compare).
+        """
+        if not isinstance(name, str) or not name.strip() or len(name) > 250:
+            raise ValueError(f"child run name {name!r}: give 1 to 250 characters.")
+        folder = self.run_dir / CHILDREN / _file_name(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "name").write_text(name)
+        report = RunReport(folder)
+        report.run_id = self.run_id
+        return report
+
     # -- reading -------------------------------------------------------------------------------
     @property
     def data(self) -> dict[str, Any]:
@@ -122,11 +138,19 @@ class RunReport:
 
 
 def load_report(run_dir: str | Path) -> dict[str, Any]:
-    """The report a run left behind (empty when the notebook recorded nothing)."""
+    """The report a run left behind (empty when the notebook recorded nothing), with its children."""
     path = Path(run_dir) / REPORT_FILE
-    if not path.exists():
-        return {"metrics": [], "params": {}, "tags": {}, "artifacts": []}
-    return json.loads(path.read_text())
+    data = {"metrics": [], "params": {}, "tags": {}, "artifacts": []}
+    if path.exists():
+        data.update(json.loads(path.read_text()))
+    children = []
+    folder = Path(run_dir) / CHILDREN
+    if folder.is_dir():
+        for child in sorted(p for p in folder.iterdir() if p.is_dir()):
+            name = (child / "name").read_text() if (child / "name").exists() else child.name
+            children.append({"name": name, "dir": str(child), **load_report(child)})
+    data["children"] = children
+    return data
 
 
 def _checked(name: str) -> str:

@@ -100,11 +100,40 @@ class Tracker:
             artifacts = Path(run_dir) / ARTIFACTS
             if artifacts.is_dir() and any(artifacts.iterdir()):
                 client.log_artifacts(mlflow_run_id, str(artifacts))
+            for child in report.get("children", []):
+                self._child(client, mlflow_run_id, child, tags)
             if output_path and Path(output_path).exists():
                 client.log_artifact(mlflow_run_id, output_path, "notebook")
             client.set_terminated(mlflow_run_id, _STATUS.get(status, "FAILED"))
         except Exception as exc:
             raise TrackingUnavailable(f"MLflow at {self.tracking_uri} refused the results: {_short(exc)}") from exc
+
+    def _child(self, client: Any, parent_id: str, child: dict[str, Any], tags: dict[str, str]) -> None:
+        """A nested run for one variant: its params, metrics, tags and artifacts, under the parent."""
+        from mlflow.entities import Metric, Param
+
+        parent = client.get_run(parent_id)
+        run = client.create_run(
+            parent.info.experiment_id,
+            run_name=child["name"],
+            tags={
+                **{k: v for k, v in parent.data.tags.items() if not k.startswith("mlflow.")},
+                **tags,
+                **child.get("tags", {}),
+                "mlflow.parentRunId": parent_id,
+            },
+        )
+        metrics = [
+            Metric(m["key"], m["value"], int(m.get("ts", time.time()) * 1000), m.get("step") or 0)
+            for m in child.get("metrics", [])
+        ]
+        params = [Param(k, _param_value(v)) for k, v in child.get("params", {}).items()]
+        for start in range(0, max(len(metrics), 1), 900):
+            client.log_batch(run.info.run_id, metrics=metrics[start : start + 900], params=params if start == 0 else [])
+        artifacts = Path(child["dir"]) / ARTIFACTS
+        if artifacts.is_dir() and any(artifacts.iterdir()):
+            client.log_artifacts(run.info.run_id, str(artifacts))
+        client.set_terminated(run.info.run_id, "FINISHED")
 
     def _connect(self) -> Any:
         if self._client is not None:

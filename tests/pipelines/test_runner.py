@@ -63,6 +63,14 @@ def test_success_records_everything_and_lands_in_mlflow(runner: PipelineRunner) 
     plots = [a.path for a in client.list_artifacts(run.info.run_id, "plots")]
     assert plots == ["plots/accuracy_by_variant.png"]
     assert ("pipeline.succeeded", record["id"]) in [(t, p["id"]) for t, p in runner.events]
+    children = client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'"
+    )
+    by_variant = {c.data.params["variant"]: c for c in children}
+    assert set(by_variant) == {"stable", "canary"}
+    assert by_variant["canary"].data.metrics["accuracy"] == pytest.approx(0.75)
+    assert by_variant["canary"].info.run_name == "canary x openai:gpt-4o-mini"
+    assert by_variant["stable"].data.tags["contextlab.job_id"] == record["id"]
 
 
 def test_failing_cell_is_recorded_and_output_kept(runner: PipelineRunner) -> None:

@@ -40,6 +40,10 @@ fig, ax = plt.subplots()
 ax.bar(["a", "b"], [x, 1])
 report.figure("accuracy by variant", fig)
 report.table("cases", pd.DataFrame({"case": [1, 2], "ok": [True, False]}))
+for variant, score in (("stable", 0.5), ("canary", 0.75)):
+    child = report.child(f"{variant} x {model}")
+    child.params({"variant": variant, "model": model})
+    child.metric("accuracy", score)
 """
 
 
