@@ -79,6 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--max-tokens", type=int, default=400, help="Tokens per answer (default: 400).")
     parser.add_argument("--max-repairs", type=int, default=2, help="Repair rounds after a failed validation.")
     parser.add_argument("--no-baseline", action="store_true", help="Skip the runs without context (halves the time).")
+    parser.add_argument(
+        "--no-examples", action="store_true", help="Serve no worked examples (schema-only context), for comparison."
+    )
     server = parser.add_argument_group("ContextLab server (default: start one on a temporary root)")
     server.add_argument("--url", help="A running server: its base URL or its MCP URL (…/contextlab/mcp).")
     server.add_argument("--token", help="Its Jupyter token or cl_ API token (default: $CONTEXTLAB_TOKEN).")
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             endpoint = external_endpoint(args.url, args.token)
         else:
             say(f"starting a ContextLab server on {database} ...")
-            server = EvalServer(database, workdir)
+            server = EvalServer(database, workdir, examples=not args.no_examples)
             server.start()
             stack.callback(server.stop)
             endpoint = Endpoint(server.mcp_url, server.token)
@@ -171,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             "server": args.url or "started by the benchmark",
             "max_repairs": args.max_repairs,
             "max_tokens": args.max_tokens,
+            "examples": not args.no_examples,
             "model_load_s": model_load_s,
             "elapsed_s": round(time.perf_counter() - started, 1),
         }

@@ -169,6 +169,22 @@ class SQLTarget:
         text = schema_text(client.call_tool("sql__schema", arguments))
         return [ContextItem("sql__schema", "Database schema", text)] if text else []
 
+    def examples(self, client: ContextClient | None, request: str, k: int = 3) -> list[ContextItem]:
+        """Similar worked examples (accepted suggestions, workspace pairs), when the endpoint serves them."""
+        if client is None:
+            return []
+        arguments: dict[str, Any] = {"query": request, "target": "sql", "k": k}
+        if self.database:
+            arguments["database"] = self.database
+        try:
+            page = client.call_tool("examples__search", arguments)
+        except ToolFailed:  # no examples provider, or this caller may not use it
+            return []
+        blocks = [f"Q: {e['request']}\n```sql\n{e['code']}\n```" for e in page.get("examples", [])]
+        return (
+            [ContextItem("examples__search", "Similar questions and their SQL", "\n\n".join(blocks))] if blocks else []
+        )
+
     def extract(self, text: str) -> str:
         code = extract_code(text, ("sql", "duckdb"))
         return code.rstrip().rstrip(";").strip()
@@ -283,6 +299,8 @@ class Copilot:
         elif use_context:
             try:
                 context = [*spec.gather(self.client), *extra_context]
+                if hasattr(spec, "examples"):  # worked examples come last: the schema matters more
+                    context.extend(spec.examples(self.client, request))
             except ToolFailed as exc:
                 raise CopilotError(f"The context for {target} could not be gathered: {exc}") from exc
         if hasattr(spec, "use_context"):  # targets that read the context themselves (e.g. the function under test)

@@ -73,10 +73,12 @@ def free_port() -> int:
 
 @dataclass
 class EvalServer:
-    """A Jupyter server with ContextLab and only the sql provider, serving one DuckDB file as `shop`."""
+    """A Jupyter server with ContextLab serving one DuckDB file as `shop` (sql provider, plus the worked
+    examples provider unless `examples=False`)."""
 
     database: Path
     workdir: Path
+    examples: bool = True
     port: int = 0
     token: str = ""
     process: subprocess.Popen | None = None
@@ -119,6 +121,7 @@ class EvalServer:
             "--ServerApp.allow_root=True",
             "--ServerApp.jpserver_extensions={'contextlab.extension': True}",
             "--ContextLab.providers=sql",
+            *(["--ContextLab.providers=examples"] if self.examples else []),
             "--ContextLab.sql_databases=" + json.dumps({"shop": str(self.database.resolve())}),
         ]
         with self.log_path.open("wb") as log:

@@ -54,7 +54,7 @@ class ContextLab(ExtensionApp):
 
     providers = List(
         Unicode(),
-        default_value=["notebooks", "kernels", "sql", "logs", "metrics"],
+        default_value=["notebooks", "kernels", "sql", "logs", "metrics", "examples"],
         help="Providers to mount behind the endpoint, by name (keys of provider_classes).",
     ).tag(config=True)
 
@@ -500,6 +500,12 @@ class ContextLab(ExtensionApp):
             return SQLProvider.discover(self.root_dir, **options)
         if name == "logs":
             return LogsProvider(self.log_buffer)
+        if name == "examples":
+            from contextlab.providers.examples import ExamplesProvider
+
+            served = SQLProvider.discover(self.root_dir) if not self.sql_databases else None
+            paths = {n: self.root_dir / p for n, p in self.sql_databases.items()} if self.sql_databases else None
+            return ExamplesProvider(self.store, paths if paths is not None else dict(served.databases))
         if name == "metrics":
             return MetricsProvider(self.kernel_source, self.request_stats, self.kernel_source.session_count)
         raise ValueError(

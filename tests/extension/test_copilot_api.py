@@ -38,6 +38,7 @@ def srv(tmp_path_factory):
         home,
         extra_args=[
             "--ContextLab.providers=sql",
+            "--ContextLab.providers=examples",
             *(f"--ContextLab.copilot_models={json.dumps(model)}" for model in MODELS),
             '--ContextLab.copilot_budgets={"team": 5.0}',
         ],
@@ -189,6 +190,10 @@ def test_a_server_kernel_generates_sql_through_the_endpoint_with_no_setup(srv, t
             kernel.close()
     valid, count = reply["stdout"].split()
     assert valid == "True" and int(count) > 0
+    system = llm.requests[0]["messages"][0]["content"]
+    assert "## Database schema" in system
+    # Worked examples generated from the served database come with the context.
+    assert "## Similar questions and their SQL" in system and "Q: How many customers are there?" in system
 
 
 def _notebook(*sources: str) -> dict:
