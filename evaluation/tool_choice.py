@@ -433,28 +433,36 @@ def propose(
 
 
 # -- the prompts API ------------------------------------------------------------------------------
-def variants_from_server(server_url: str, token: str, labels: Sequence[str]) -> dict[str, dict[str, str]]:
-    """Each label's descriptions of the server's managed tools: label → {tool name: description}."""
+def variants_from_server(
+    server_url: str, token: str, labels: Sequence[str]
+) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, int]]]:
+    """Each label's descriptions of the server's managed tools, through the prompts REST API.
+
+    Returns (variants, versions): label → {tool: description} and label → {tool: version}. A tool
+    without the label keeps its current text in that variant.
+    """
     import httpx
 
     base = server_url.rstrip("/") + "/contextlab/api/prompts"
     headers = {"Authorization": f"token {token}"}
-    listing = httpx.get(base, headers=headers, params={"managed": "1"}, timeout=30)
+    listing = httpx.get(base, headers=headers, timeout=30)
     listing.raise_for_status()
     variants: dict[str, dict[str, str]] = {label: {} for label in labels}
+    versions: dict[str, dict[str, int]] = {label: {} for label in labels}
     for item in listing.json().get("prompts", []):
-        name = item["name"]
-        if item.get("kind", "tool") != "tool":
-            continue
-        detail = httpx.get(f"{base}/{name}", headers=headers, timeout=30)
+        if not item.get("available") or not item.get("versions"):
+            continue  # not a tool this server lists, or no managed versions
+        detail = httpx.get(f"{base}/{item['name']}", headers=headers, timeout=30)
         detail.raise_for_status()
         data = detail.json()
-        versions = {v["version"]: v for v in data.get("versions", [])}
+        by_version = {v["version"]: v for v in data.get("versions", []) if v.get("kind", "tool") == "tool"}
+        by_label = {entry["label"]: entry for entry in data.get("labels", [])}
         for label in labels:
-            version = (data.get("labels", {}).get(label) or {}).get("version")
-            if version in versions:
-                variants[label][name] = versions[version]["content"].get("description", "")
-    return variants
+            version = (by_label.get(label) or {}).get("version")
+            if version in by_version:
+                variants[label][item["name"]] = by_version[version]["description"]
+                versions[label][item["name"]] = version
+    return variants, versions
 
 
 def promote(
