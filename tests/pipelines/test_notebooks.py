@@ -66,3 +66,48 @@ def test_copilot_eval(runner: PipelineRunner) -> None:
     executed = json.loads(Path(record["output_path"]).read_text())
     outputs = json.dumps([c.get("outputs", []) for c in executed["cells"]])
     assert "image/png" in outputs and "Best with context: scripted" in outputs
+
+
+def test_mcp_prompt_eval(runner: PipelineRunner, server) -> None:
+    from contextlab.evaluation.ast_checker import reference_calls
+    from contextlab.evaluation.bfcl import load_bfcl_suite
+
+    right = {c.query: reference_calls(c) for c in load_bfcl_suite(["simple_python", "multiple"]).cases}
+
+    def reply(body: dict):
+        calls = right.get(body["messages"][-1]["content"])
+        tools = body.get("tools") or []
+        short = tools and all(len(t["function"]["description"].split(". ")) == 1 for t in tools)
+        if calls and not short:
+            return {"tool_calls": calls}
+        return "I would rather not call anything."
+
+    with FakeLLM(reply) as llm:
+        model = {"name": "scripted", "backend": "openai", "model": "m", "base_url": llm.base_url, "api_key_env": "HOME"}
+        record = runner.run(
+            "mcp_prompt_eval",
+            {
+                "models": [model],
+                "prompt_labels": ["stable", "short"],
+                "suites": ["bfcl", "workspace"],
+                "bfcl_categories": ["simple_python", "multiple", "irrelevance"],
+                "cases_per_category": 3,
+                "min_cases": 3,
+                "server_url": server.url,
+                "token": server.token,
+            },
+        )
+    assert record["status"] == "succeeded", record["error"]
+    metrics = record["metrics"]
+    assert metrics["bfcl.stable.scripted.irrelevance_abstention"] == 1.0
+    assert metrics["bfcl.stable.scripted.argument_accuracy"] >= metrics["bfcl.short.scripted.argument_accuracy"]
+    assert "workspace.stable.scripted.tool_name_accuracy" in metrics
+    client = MlflowClient(runner.tracking_uri)
+    parent = client.get_run(record["mlflow_run_id"])
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert {c.info.run_name for c in children} >= {"bfcl stable x scripted", "bfcl short x scripted"}
+    assert parent.data.tags["contextlab.proposal.bfcl"] in ("keep", "stable", "short")
+    executed = json.loads(Path(record["output_path"]).read_text())
+    assert "promote = False: nothing was changed" in json.dumps(executed["cells"][-1]["outputs"])
