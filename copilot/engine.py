@@ -149,6 +149,21 @@ def schema_text(schema: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def docs_context(client: ContextClient | None, request: str, k: int = 2) -> list[ContextItem]:
+    """The workspace documents closest to the request (metric definitions, data dictionaries), if served."""
+    if client is None:
+        return []
+    try:
+        page = client.call_tool("docs__search", {"query": request, "k": k})
+    except ToolFailed:  # no docs provider, an empty index, or not allowed for this caller
+        return []
+    blocks = [
+        f"[{c['doc_id']}{' > ' + c['location'] if c.get('location') else ''}]\n{c['text']}"
+        for c in page.get("chunks", [])
+    ]
+    return [ContextItem("docs__search", "Related documentation", "\n\n".join(blocks))] if blocks else []
+
+
 class SQLTarget:
     """DuckDB SQL: parsed with sqlglot (one read-only statement), then run with a row limit through the
     endpoint's read-only `sql__query` tool (which refuses writes again, server side)."""
@@ -299,8 +314,9 @@ class Copilot:
         elif use_context:
             try:
                 context = [*spec.gather(self.client), *extra_context]
-                if hasattr(spec, "examples"):  # worked examples come last: the schema matters more
+                if hasattr(spec, "examples"):  # worked examples come after the schema, which matters more
                     context.extend(spec.examples(self.client, request))
+                context.extend(docs_context(self.client, request))
             except ToolFailed as exc:
                 raise CopilotError(f"The context for {target} could not be gathered: {exc}") from exc
         if hasattr(spec, "use_context"):  # targets that read the context themselves (e.g. the function under test)

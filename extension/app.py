@@ -54,7 +54,7 @@ class ContextLab(ExtensionApp):
 
     providers = List(
         Unicode(),
-        default_value=["notebooks", "kernels", "sql", "logs", "metrics", "examples"],
+        default_value=["notebooks", "kernels", "sql", "logs", "metrics", "examples", "docs"],
         help="Providers to mount behind the endpoint, by name (keys of provider_classes).",
     ).tag(config=True)
 
@@ -184,6 +184,17 @@ class ContextLab(ExtensionApp):
         default_value={}, help="Latency preference per Copilot target: target -> 'fast' puts fast models first."
     ).tag(config=True)
 
+    docs_index_dir = Unicode("", help="LanceDB folder of the docs provider; default <state_dir>/docs-index.").tag(
+        config=True
+    )
+    docs_sources = List(
+        Unicode(),
+        default_value=["**/*.md", "**/*.ipynb"],
+        help="Globs (relative to the root) of the files the docs provider indexes at start-up.",
+    ).tag(config=True)
+    docs_index_on_start = Bool(
+        True, help="Bring the docs index up to date in the background when the server starts (incremental)."
+    ).tag(config=True)
     pipeline_scheduler = Bool(True, help="Fire pipeline schedules inside the server.").tag(config=True)
     pipeline_tick_seconds = Float(15.0, help="How often due pipeline schedules are checked.").tag(config=True)
     pipeline_executor = Unicode("local", help="Where pipeline notebooks run: local, local:N, or dask://host:8786.").tag(
@@ -500,6 +511,12 @@ class ContextLab(ExtensionApp):
             return SQLProvider.discover(self.root_dir, **options)
         if name == "logs":
             return LogsProvider(self.log_buffer)
+        if name == "docs":
+            from contextlab.providers.docs import DocsProvider
+            from contextlab.providers.docs_index import DocIndex
+
+            self.docs_index = DocIndex(Path(self.docs_index_dir or Path(self.state_dir) / "docs-index"))
+            return DocsProvider(self.docs_index)
         if name == "examples":
             from contextlab.providers.examples import ExamplesProvider
 
@@ -536,6 +553,8 @@ class ContextLab(ExtensionApp):
         if self.searcher is not None:
             self._index_task = asyncio.create_task(self._warm_tool_index(), name="contextlab-tool-index")
         self._policy_task = asyncio.create_task(self._watch_policy(), name="contextlab-policy-watch")
+        if getattr(self, "docs_index", None) is not None and self.docs_index_on_start:
+            self._docs_task = asyncio.create_task(self._refresh_docs_index(), name="contextlab-docs-index")
         if self.pipeline_scheduler:
             self._scheduler_task = asyncio.create_task(self._run_scheduler(), name="contextlab-scheduler")
         if self.freeze_startup_objects:
@@ -573,6 +592,26 @@ class ContextLab(ExtensionApp):
         while True:
             await asyncio.sleep(self.policy_check_seconds)
             self.gateway.policy.reload()
+
+    async def _refresh_docs_index(self) -> None:
+        from contextlab.providers.docs_index import DocIndexError
+
+        try:
+            report = await asyncio.to_thread(
+                self.docs_index.build, self.root_dir, list(self.docs_sources), progress=False
+            )
+            self.log.info(
+                "ContextLab docs index: %d chunks (%d files added, %d updated, %d removed, %d unchanged)",
+                report.chunks_total,
+                len(report.added),
+                len(report.updated),
+                len(report.removed),
+                report.skipped,
+            )
+        except (DocIndexError, ValueError) as exc:
+            self.log.error("ContextLab docs index not refreshed: %s", exc)
+        except Exception:
+            self.log.exception("ContextLab docs index not refreshed")
 
     async def _run_scheduler(self) -> None:
         # Ticks run in a worker thread: they touch the store and may start runs.
