@@ -15,6 +15,7 @@ skipped, changed files are re-chunked (their old chunks deleted) and deleted fil
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import json
 import math
@@ -81,8 +82,21 @@ class IngestReport:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+@functools.lru_cache(maxsize=1)
+def _porter() -> Any:
+    from nltk.stem.porter import PorterStemmer  # rule-based: needs no downloaded data
+
+    return PorterStemmer()
+
+
+@functools.lru_cache(maxsize=200_000)
+def _stem(word: str) -> str:
+    return _porter().stem(word)
+
+
 def analyze(text: str) -> list[str]:
-    return [t for t in _TOKEN.findall(text.lower()) if t not in _STOP]
+    """Lower-cased, stop words dropped, Porter-stemmed (so "defined" meets "definitions")."""
+    return [_stem(t) for t in _TOKEN.findall(text.lower()) if t not in _STOP]
 
 
 class DocIndex:
