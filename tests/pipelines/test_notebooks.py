@@ -111,3 +111,26 @@ def test_mcp_prompt_eval(runner: PipelineRunner, server) -> None:
     assert parent.data.tags["contextlab.proposal.bfcl"] in ("keep", "stable", "short")
     executed = json.loads(Path(record["output_path"]).read_text())
     assert "promote = False: nothing was changed" in json.dumps(executed["cells"][-1]["outputs"])
+
+
+def test_rag_build_then_rag_eval(runner: PipelineRunner, tmp_path: Path) -> None:
+    from contextlab.workspace import create_demo_workspace
+
+    root = create_demo_workspace(tmp_path / "ws")
+    built = runner.run("rag_build", {"workspace": str(root)})
+    assert built["status"] == "succeeded", built["error"]
+    assert built["metrics"]["files_added"] == 5 and built["metrics"]["chunks_total"] >= 5
+    again = runner.run("rag_build", {"workspace": str(root)})
+    assert again["metrics"]["files_unchanged"] == 5 and again["metrics"]["chunks_written"] == 0
+    evaluated = runner.run("rag_eval", {"workspace": str(root), "k": 3})
+    assert evaluated["status"] == "succeeded", evaluated["error"]
+    assert evaluated["metrics"]["hit_at_3"] >= 0.8 and evaluated["metrics"]["questions"] >= 15
+    assert evaluated["metrics"]["hit_curve"] >= evaluated["metrics"]["hit_at_3"]  # the last step is hit@10
+    artifacts = {a.path for a in MlflowClient(runner.tracking_uri).list_artifacts(evaluated["mlflow_run_id"], "plots")}
+    assert artifacts == {"plots/retrieval.png"}
+
+
+def test_rag_eval_without_an_index_fails_with_the_next_step(runner: PipelineRunner, tmp_path: Path) -> None:
+    record = runner.run("rag_eval", {"workspace": str(tmp_path)})
+    assert record["status"] == "failed"
+    assert "is empty: run the rag_build pipeline first" in record["error"] and record["error_cell"] == 2
