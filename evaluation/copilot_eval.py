@@ -32,8 +32,10 @@ from contextlab.evaluation.sql import MatchResult, SQLCase, execution_match
 def resolve_model(model: str | dict[str, Any] | ModelSpec) -> ModelSpec:
     """A model for an evaluation run, from a name or a spec.
 
-    `smollm2` / `local` is the offline model; `openai:<id>` and `anthropic:<id>` use those SDKs with
-    `OPENAI_API_KEY` (and `OPENAI_BASE_URL` for any OpenAI-compatible endpoint) or `ANTHROPIC_API_KEY`;
+    `smollm2` / `local` is the offline model, `local+adapter@champion` the same with the LoRA adapter
+    the MLflow registry's alias points at (or `local+adapter:/path/to/adapter`); `openai:<id>` and
+    `anthropic:<id>` use those SDKs with `OPENAI_API_KEY` (and `OPENAI_BASE_URL` for any
+    OpenAI-compatible endpoint) or `ANTHROPIC_API_KEY`;
     a dict is a full `ModelSpec` (name, backend, model, base_url, api_key_env, …).
     """
     if isinstance(model, ModelSpec):
@@ -43,6 +45,12 @@ def resolve_model(model: str | dict[str, Any] | ModelSpec) -> ModelSpec:
     if not isinstance(model, str) or not model.strip():
         raise ValueError(f"model {model!r}: give a name such as smollm2, openai:gpt-4o-mini, or a ModelSpec dict.")
     name = model.strip()
+    base, plus, adapter = name.partition("+adapter")
+    if plus and base in (OFFLINE_MODEL.name, "local"):  # local+adapter@champion, local+adapter:/path/to/adapter
+        reference = adapter.removeprefix(":")
+        if not reference:
+            raise ValueError(f"model {name!r}: say which adapter, e.g. local+adapter@champion or local+adapter:/path.")
+        return ModelSpec(**{**OFFLINE_MODEL.__dict__, "name": name, "adapter": reference})
     if name in (OFFLINE_MODEL.name, "local"):
         return OFFLINE_MODEL if name == OFFLINE_MODEL.name else ModelSpec(**{**OFFLINE_MODEL.__dict__, "name": name})
     vendor, _, model_id = name.partition(":")

@@ -134,3 +134,75 @@ def test_rag_eval_without_an_index_fails_with_the_next_step(runner: PipelineRunn
     record = runner.run("rag_eval", {"workspace": str(tmp_path)})
     assert record["status"] == "failed"
     assert "is empty: run the rag_build pipeline first" in record["error"] and record["error_cell"] == 2
+
+
+def test_delta_finetune_trains_measures_registers_and_serves(
+    runner: PipelineRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uuid
+
+    from contextlab.copilot.llm import LLMRouter
+    from contextlab.evaluation.copilot_eval import resolve_model
+    from contextlab.extension.copilot_records import CopilotRecords
+    from contextlab.state import StateStore, sqlite_url_for_workspace
+    from contextlab.workspace import create_demo_workspace
+
+    root = create_demo_workspace(tmp_path / "ws")
+    store = StateStore(sqlite_url_for_workspace(root / ".contextlab"))
+    store.migrate()
+    records = CopilotRecords(store)
+    for request, code, kind in (
+        ("count the customers", "SELECT count(*) FROM customers", "accepted"),
+        ("orders per status", "SELECT status FROM orders", "edited"),
+        ("drop everything", "SELECT 1", "rejected"),
+    ):
+        sid = uuid.uuid4().hex
+        records.add_suggestion(
+            {
+                "id": sid,
+                "target": "sql",
+                "request": request,
+                "code": code,
+                "valid": True,
+                "model": "m",
+                "prompt_version": "builtin",
+            },
+            "ada",
+        )
+        executed = "SELECT status, count(*) FROM orders GROUP BY status" if kind == "edited" else None
+        records.add_feedback({"suggestion_id": sid, "kind": kind, "executed_code": executed}, "ada")
+    store.close()
+    parameters = {
+        "workspace": str(root),
+        "workspace_example_limit": 12,
+        "steps": 2,
+        "batch_size": 2,
+        "max_length": 384,
+        "generate_cases": 1,
+    }
+    record = runner.run("delta_finetune", parameters)
+    assert record["status"] == "succeeded", record["error"]
+    metrics = record["metrics"]
+    assert metrics["examples_accepted"] == 1 and metrics["examples_edited"] == 1 and metrics["examples_rejected"] == 1
+    assert metrics["base_loss"] > 0 and metrics["adapter_loss"] > 0 and metrics["seconds_per_step"] > 0
+    client = MlflowClient(runner.tracking_uri)
+    candidate = client.get_model_version_by_alias("contextlab-local-adapter", "candidate")
+    assert candidate.run_id == record["mlflow_run_id"]
+    assert len(candidate.tags["base_gguf_sha256"]) == 64
+    champion = metrics["adapter_loss"] < metrics["base_loss"]
+    assert (client.get_run(record["mlflow_run_id"]).data.tags["contextlab.adapter_champion"] == "True") == champion
+    # The router serves the registered adapter by its alias.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", runner.tracking_uri)
+    spec = resolve_model("local+adapter@candidate")
+    router = LLMRouter([spec])
+    backend = router.backend(spec)
+    answer = router.complete([{"role": "user", "content": "count the customers"}], max_tokens=8)
+    assert answer.completion_tokens > 0 and backend.adapter_path is not None
+    assert (backend.adapter_path / "contextlab-adapter.json").exists()
+
+
+def test_delta_finetune_without_feedback_says_what_to_do(runner: PipelineRunner, tmp_path: Path) -> None:
+    record = runner.run("delta_finetune", {"workspace": str(tmp_path), "include_workspace_examples": False})
+    assert record["status"] == "failed"
+    assert record["error"].startswith("NoTrainingData: only 0 usable example(s)")
+    assert "Accept (or edit and run) some %%copilot suggestions first" in record["error"]
