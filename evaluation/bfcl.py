@@ -37,6 +37,8 @@ DEFAULT_CATEGORIES: tuple[str, ...] = (
     "live_parallel",
     "live_parallel_multiple",
 )
+# Categories whose questions none of the offered functions answers: the right answer is no call.
+NO_CALL_CATEGORIES: tuple[str, ...] = ("irrelevance", "live_irrelevance")
 BFCL_VERSION_PREFIX = "BFCL_v4_"
 MCP_NAME_MAX = 128
 
@@ -167,16 +169,25 @@ def bfcl_function_to_tool(fn: dict[str, Any], language: str = "python") -> dict[
 
 
 def load_bfcl_suite(categories: Sequence[str] = DEFAULT_CATEGORIES) -> ToolSelectionSuite:
-    """The single-turn BFCL categories that have possible answers, as one tool-selection suite.
+    """BFCL's single-turn categories as one tool-selection suite, cases in the order of `categories`.
 
-    Each question is joined with its possible answer by id. Multi-turn, memory, web-search,
-    format-sensitivity and (ir)relevance categories are not loaded: they need an executable
-    environment or have no expected calls.
+    Each question of `DEFAULT_CATEGORIES` is joined with its possible answer by id. The
+    `NO_CALL_CATEGORIES` (`irrelevance`, `live_irrelevance`; asked for by name, never by default) give
+    cases with no accepted call: the right answer is to call nothing. Multi-turn, memory, web-search,
+    format-sensitivity and relevance categories are not loaded: they need an executable environment
+    or have no answer to check.
     """
-    unsupported = [category for category in categories if category not in DEFAULT_CATEGORIES]
+    known = (*DEFAULT_CATEGORIES, *NO_CALL_CATEGORIES)
+    unsupported = [category for category in categories if category not in known]
     if unsupported:
-        raise ValueError(f"unsupported BFCL categories {unsupported}: choose from {list(DEFAULT_CATEGORIES)}")
-    cases = [_case(entry, answer, category) for category, entry, answer in _answered_entries(categories)]
+        raise ValueError(f"unsupported BFCL categories {unsupported}: choose from {list(known)}")
+    cases = []
+    for category in categories:
+        if category in NO_CALL_CATEGORIES:
+            entries = _read_jsonl(bfcl_data_dir() / f"{BFCL_VERSION_PREFIX}{category}.json")
+            cases.extend(_case(entry, {"ground_truth": []}, category) for entry in entries)
+        else:
+            cases.extend(_case(entry, answer, category) for _, entry, answer in _answered_entries([category]))
     return ToolSelectionSuite(name="bfcl-v4", cases=cases)
 
 

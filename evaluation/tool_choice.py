@@ -1,163 +1,145 @@
 """MCP prompt effectiveness, measured: tool choice per description variant × model × suite.
 
-For each case the model sees the question and the tools (with the variant's descriptions), and
-its calls are scored by the AST checker (`evaluation.ast_checker`): right tool, right arguments.
-Irrelevance cases expect no call at all. Models with native tool calling (OpenAI-compatible
-endpoints) get the tools as function specs; others (the offline SmolLM2) get them in the system
-prompt and answer with `<tool_call>` JSON, which `parse_tool_calls` reads.
+Tool descriptions are prompts. For each case the model sees the question and the tools, with the
+variant's descriptions, and its calls are scored by the AST checker (`evaluation.ast_checker`): right
+tool, right arguments. Irrelevance cases expect no call at all. Models with native tool calling
+(OpenAI-compatible endpoints) get the tools as function specs; the others (the offline SmolLM2, or
+any model named in `text_protocol`) get them in SmolLM2's text format (`copilot.tool_prompt`).
 
-`summarize` gives, per (variant, model, suite): tool-name accuracy, argument accuracy, irrelevance
-abstention, call F1 on names, retrieval recall when top-k listing is on, tokens and latency.
-`propose` says which variant to promote, with the failures that decided it; `promote` moves a
-label through the prompts REST API and is only ever called explicitly.
+- `evaluate` runs every case under every (variant, model), optionally through an `Executor` (a
+  thread pool, or a Dask `Client.get_executor()`): the per-case work (`run_case`) is module-level and
+  its input picklable; each process keeps one router (so one loaded model) per model.
+- `summarize` gives, per (suite, variant, model): tool-name accuracy, argument accuracy, irrelevance
+  abstention, call F1 on names (parallel cases), parse rate, retrieval recall@k when top-k listing is
+  on, tokens and latency p50/p95. `results_frame` is the per-case table with the checker's reasons.
+- `propose` says which variant to promote, with the failures that decided it. `promote` moves a label
+  through the prompts REST API and is only ever called explicitly; `variants_from_server` reads each
+  label's descriptions from that API.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
-import re
+import logging
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from contextlab.evaluation.ast_checker import check_calls
-from contextlab.evaluation.bfcl import BFCL_VERSION_PREFIX, _last_user_text, bfcl_data_dir, bfcl_function_to_tool
-from contextlab.evaluation.suite import ToolSelectionCase
+from contextlab.evaluation.bfcl import NO_CALL_CATEGORIES, load_bfcl_suite
+from contextlab.evaluation.suite import ToolSelectionCase, ToolSelectionSuite
 
-IRRELEVANCE_CATEGORIES = ("irrelevance", "live_irrelevance")
-_CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
+log = logging.getLogger(__name__)
 
-TEXT_PROTOCOL = """You can call these functions. Each is given as JSON with its name, description and parameters.
-
-{tools}
-
-If one or more functions answer the request, reply with the calls only, as a JSON list inside
-<tool_call></tool_call>, for example:
-<tool_call>[{{"name": "function_name", "arguments": {{"param": "value"}}}}]</tool_call>
-If no function fits the request, reply with <tool_call>[]</tool_call>."""
+IRRELEVANCE_CATEGORIES = NO_CALL_CATEGORIES
+PLOT_METRICS = ("tool_name_accuracy", "argument_accuracy", "irrelevance_abstention")
+# A variant's text for one tool: a description, or {"description": ..., "parameters": {name: text}}.
+Override = str | Mapping[str, Any]
 
 
-def load_irrelevance_cases(categories: Sequence[str] = ("irrelevance",), limit: int | None = None) -> list:
-    """BFCL questions that none of the offered functions answers: the right reply is no call."""
+def load_irrelevance_cases(
+    categories: Sequence[str] = ("irrelevance",), limit: int | None = None
+) -> list[ToolSelectionCase]:
+    """The first `limit` cases of each BFCL irrelevance category: questions no offered function answers."""
+    unknown = [c for c in categories if c not in IRRELEVANCE_CATEGORIES]
+    if unknown:
+        raise ValueError(f"unknown irrelevance category {unknown[0]!r}: use {', '.join(IRRELEVANCE_CATEGORIES)}")
     cases: list[ToolSelectionCase] = []
     for category in categories:
-        if category not in IRRELEVANCE_CATEGORIES:
-            raise ValueError(f"unknown irrelevance category {category!r}: use {', '.join(IRRELEVANCE_CATEGORIES)}")
-        path = bfcl_data_dir() / f"{BFCL_VERSION_PREFIX}{category}.json"
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                if not line.strip():
-                    continue
-                entry = json.loads(line)
-                cases.append(
-                    ToolSelectionCase(
-                        id=entry["id"],
-                        query=_last_user_text(entry),
-                        messages=[dict(m) for turn in entry["question"] for m in turn],
-                        tools=[bfcl_function_to_tool(fn) for fn in entry["function"]],
-                        accepted=[],
-                        category=category,
-                    )
-                )
-                if limit is not None and sum(c.category == category for c in cases) >= limit:
-                    break
+        cases.extend(load_bfcl_suite([category]).cases[:limit])
     return cases
 
 
-# -- prompting ------------------------------------------------------------------------------------
-def with_descriptions(tools: list[dict[str, Any]], overrides: dict[str, str]) -> list[dict[str, Any]]:
-    """The tools with the variant's descriptions (tools it does not name keep theirs)."""
-    return [{**t, "description": overrides.get(t["name"], t.get("description", ""))} for t in tools]
+# -- models ---------------------------------------------------------------------------------------------------------
+def resolve_models(models: Sequence[Any], configured: Sequence[Any] = ()) -> list[Any]:
+    """`ModelSpec`s for model names, dicts or specs: a name of a `configured` spec (the server's
+    `copilot_models`, say) is that spec; otherwise the names `copilot_eval.resolve_model` knows
+    (`local`/`smollm2`, `local+adapter@champion`, `openai:<id>`, `anthropic:<id>`)."""
+    from contextlab.evaluation.copilot_eval import resolve_model
+
+    by_name = {spec.name: spec for spec in configured}
+    specs = [by_name[m] if isinstance(m, str) and m in by_name else resolve_model(m) for m in models]
+    names = [spec.name for spec in specs]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"model(s) named twice: {', '.join(duplicates)}")
+    return specs
 
 
-def openai_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {
-            "type": "function",
-            "function": {"name": t["name"], "description": t.get("description", ""), "parameters": t["inputSchema"]},
-        }
-        for t in tools
-    ]
-
-
-def text_protocol_prompt(tools: list[dict[str, Any]]) -> str:
-    """The system prompt that offers tools to a model without native tool calling."""
-    listed = "\n".join(
-        json.dumps({"name": t["name"], "description": t.get("description", ""), "parameters": t["inputSchema"]})
-        for t in tools
-    )
-    return TEXT_PROTOCOL.format(tools=listed)
-
-
-def parse_tool_calls(text: str) -> list[dict[str, Any]] | None:
-    """The calls in a text-protocol answer; [] when the model declined; None when nothing parses.
-
-    Accepts `<tool_call>` blocks (one list, or one call per block), a fenced JSON block, or bare
-    JSON, with trailing prose ignored. Arguments given as a JSON string are decoded.
-    """
-    candidates = [m.group(1) for m in _CALL_BLOCK.finditer(text)] or [m.group(1) for m in _FENCE.finditer(text)]
-    if not candidates:
-        stripped = text.strip()
-        candidates = [stripped] if any(c in stripped for c in "[{") else []
-    calls: list[dict[str, Any]] = []
-    parsed_any = False
-    for candidate in candidates:
-        value = _first_json(candidate)
-        if value is _NOTHING:
+# -- variants -------------------------------------------------------------------------------------------------------
+def with_descriptions(tools: Sequence[Mapping[str, Any]], overrides: Mapping[str, Override]) -> list[dict[str, Any]]:
+    """The tools with the variant's texts; tools it does not name keep theirs."""
+    offered = []
+    for tool in tools:
+        override = overrides.get(tool["name"])
+        if override is None:
+            offered.append(dict(tool))
             continue
-        parsed_any = True
-        for item in value if isinstance(value, list) else [value]:
-            call = _as_call(item)
-            if call is not None:
-                calls.append(call)
-    return calls if parsed_any else None
+        if isinstance(override, str):
+            override = {"description": override}
+        changed = {**tool, "description": override.get("description", tool.get("description", ""))}
+        parameters = override.get("parameters") or {}
+        if parameters:
+            schema = json.loads(json.dumps(tool.get("inputSchema") or {}))
+            for name, text in parameters.items():
+                prop = (schema.get("properties") or {}).get(name)
+                if isinstance(prop, dict) and text:
+                    prop["description"] = text
+            changed["inputSchema"] = schema
+        offered.append(changed)
+    return offered
 
 
-_NOTHING = object()
+def first_sentence(text: str) -> str:
+    """The first sentence of a description (up to the first ". "), ending with a period."""
+    head = text.strip().split(". ")[0].strip()
+    return head if not head or head.endswith(".") else head + "."
 
 
-def _first_json(text: str) -> Any:
-    decoder = json.JSONDecoder()
-    text = text.strip()
-    for start in range(len(text)):
-        if text[start] in "[{":
-            try:
-                value, _end = decoder.raw_decode(text[start:])
-                return value
-            except ValueError:
-                continue
-    return _NOTHING
+def first_sentence_variant(cases: Iterable[ToolSelectionCase]) -> dict[str, str]:
+    """A variant that cuts every tool's description to its first sentence: a cheap rival to compare wording."""
+    return {t["name"]: first_sentence(t.get("description", "")) for case in cases for t in case.tools}
 
 
-def _as_call(item: Any) -> dict[str, Any] | None:
-    if not isinstance(item, dict):
-        return None
-    if "function" in item and isinstance(item["function"], dict):  # OpenAI-shaped
-        item = item["function"]
-    name = item.get("name")
-    arguments = item.get("arguments", item.get("parameters", {}))
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except ValueError:
-            return None
-    if not isinstance(name, str) or not isinstance(arguments, dict):
-        return None
-    return {"name": name, "arguments": arguments}
+def _check_variants(cases: Sequence[ToolSelectionCase], variants: Mapping[str, Mapping[str, Override]]) -> None:
+    if not variants:
+        raise ValueError("give at least one description variant (e.g. {'stable': {}}: the suite's own text)")
+    known = {t["name"] for case in cases for t in case.tools}
+    for label, overrides in variants.items():
+        if not isinstance(overrides, Mapping):
+            raise ValueError(f"variant {label!r} must map tool names to descriptions, got {type(overrides).__name__}")
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            hints = [
+                f"{name} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(name, known, 1)) else name
+                for name in unknown[:5]
+            ]
+            raise ValueError(f"variant {label!r} describes tools no case offers: {', '.join(hints)}")
+        for name, override in overrides.items():
+            if not isinstance(override, str) and not (
+                isinstance(override, Mapping) and isinstance(override.get("description", ""), str)
+            ):
+                raise ValueError(
+                    f"variant {label!r}, tool {name!r}: give a description string or "
+                    "{'description': ..., 'parameters': {...}}"
+                )
 
 
-# -- running --------------------------------------------------------------------------------------
+# -- running --------------------------------------------------------------------------------------------------------
 @dataclass
 class CaseResult:
-    """One case under one variant and model."""
+    """One case under one variant and model: the calls made, the verdict and what it cost."""
 
+    suite: str
     case_id: str
     category: str
     variant: str
     model: str
+    protocol: str = ""
     calls: list[dict[str, Any]] = field(default_factory=list)
     expected: list[str] = field(default_factory=list)
     abstain_expected: bool = False
@@ -166,6 +148,7 @@ class CaseResult:
     parsed: bool = True
     error_type: str | None = None
     reason: str | None = None
+    answer: str = ""
     offered: int = 0
     retrieval_recall: float | None = None
     prompt_tokens: int = 0
@@ -177,93 +160,109 @@ class CaseResult:
 
 
 @dataclass(frozen=True)
-class _Job:
+class CaseJob:
+    """Everything one case run needs, picklable so a process pool or Dask worker can run it."""
+
+    suite: str
     case: ToolSelectionCase
     variant: str
     tools: list[dict[str, Any]]  # what the model is offered: the variant's text, top-k applied
     recall: float | None
     model: Any  # ModelSpec
+    protocol: str  # auto, native or text
     max_tokens: int
 
 
 _ROUTERS: dict[str, Any] = {}
+_ROUTERS_LOCK = threading.Lock()
 
 
 def _router(spec: Any) -> Any:
-    # One router (and so one loaded model) per process and model: Dask workers and pool processes reuse it.
+    # One router (so one loaded model) per process and model, reused by every case a worker runs.
     from contextlab.copilot.llm import LLMRouter
 
     key = json.dumps(asdict(spec), sort_keys=True, default=str)
-    if key not in _ROUTERS:
-        _ROUTERS[key] = LLMRouter([spec])
-    return _ROUTERS[key]
+    with _ROUTERS_LOCK:
+        if key not in _ROUTERS:
+            _ROUTERS[key] = LLMRouter([spec])
+        return _ROUTERS[key]
 
 
-def run_case(job: _Job) -> CaseResult:
-    """One case: offer the tools, ask the model, check its calls. Never raises for a model's answer."""
-    case, tools = job.case, job.tools
+def warm_up(models: Sequence[Any], configured: Sequence[Any] = ()) -> dict[str, float]:
+    """Load each local model in this process now (seconds per model), so no case's latency includes a load."""
+    loaded = {}
+    for spec in resolve_models(models, configured):
+        backend = _router(spec).backend(spec)
+        if hasattr(backend, "load"):
+            started = time.perf_counter()
+            backend.load()
+            loaded[spec.name] = round(time.perf_counter() - started, 3)
+    return loaded
+
+
+def run_case(job: CaseJob) -> CaseResult:
+    """One case: offer the tools, ask the model, check its calls. A failing model is a scored miss, never a raise."""
+    from contextlab.copilot.tool_prompt import complete_with_tools
+
+    case = job.case
     result = CaseResult(
+        job.suite,
         case.id,
         case.category,
         job.variant,
         job.model.name,
         expected=[a.name for a in case.accepted],
         abstain_expected=not case.accepted,
-        offered=len(tools),
+        offered=len(job.tools),
         retrieval_recall=job.recall,
     )
-    router = _router(job.model)
-    backend = router.backend(job.model)
-    native = bool(getattr(backend, "supports_tools", False))
-    messages = [m for m in case.messages if m.get("role") in ("user", "assistant", "system")]
-    if not native:
-        messages = [{"role": "system", "content": text_protocol_prompt(tools)}, *messages]
     started = time.perf_counter()
     try:
-        completion = router.complete(
-            messages,
-            target="tool_choice",
+        choice = complete_with_tools(
+            _router(job.model),
+            case.messages,
+            job.tools,
+            model=job.model.name,
+            protocol=job.protocol,  # type: ignore[arg-type]
             max_tokens=job.max_tokens,
-            tools=openai_tools(tools) if native else None,
         )
-    except Exception as exc:  # the model failed: a miss with the reason, not a crash
-        result.latency_s = time.perf_counter() - started
+    except Exception as exc:  # the model failed: a miss with the reason
+        result.latency_s = round(time.perf_counter() - started, 4)
         result.parsed = False
-        result.error_type, result.reason = "model_error", f"{type(exc).__name__}: {exc}"
+        result.error_type, result.reason = "model_error", f"{type(exc).__name__}: {exc}"[:500]
         return result
+    completion, parsed = choice.completion, choice.parsed
+    result.protocol = choice.protocol
+    result.answer = completion.text[:500]
     result.latency_s = completion.latency_s
     result.prompt_tokens, result.completion_tokens = completion.prompt_tokens, completion.completion_tokens
-    if native:
-        calls = [{"name": c["name"], "arguments": c.get("arguments") or {}} for c in completion.tool_calls]
-    else:
-        parsed = parse_tool_calls(completion.text)
-        result.parsed = parsed is not None
-        calls = parsed or []
-    result.calls = calls
+    result.parsed = parsed.status != "unreadable"
+    result.calls = parsed.calls
     if not case.accepted:
-        result.name_correct = result.args_correct = not calls
-        if calls:
-            result.error_type, result.reason = (
-                "irrelevance:called",
-                f"called {calls[0]['name']!r} although no tool fits",
-            )
+        result.name_correct = result.args_correct = not parsed.calls
+        if parsed.calls:
+            result.error_type = "irrelevance:called"
+            result.reason = f"called {parsed.calls[0]['name']!r} although no offered tool fits"
         return result
-    names = sorted(c["name"] for c in calls)
-    result.name_correct = names == sorted(result.expected)
-    verdict = check_calls(calls, case)
+    result.name_correct = sorted(c["name"] for c in parsed.calls) == sorted(result.expected)
+    verdict = check_calls(parsed.calls, case)
     result.args_correct = verdict.valid
-    if not verdict.valid:
-        result.error_type = verdict.error_type or ("parse_error" if not result.parsed else None)
-        result.reason = (
-            verdict.reason if result.parsed else f"no tool call could be read from: {completion.text[:200]!r}"
-        )
+    if verdict.valid:
+        return result
+    if parsed.status == "unreadable":
+        result.error_type, result.reason = "parse_error", parsed.detail
+    elif parsed.status == "none":
+        result.error_type = "no_call"
+        result.reason = f"made no call; answered {completion.text[:160]!r}"
+    else:
+        result.error_type, result.reason = verdict.error_type, verdict.reason
     return result
 
 
 class _Listing:
-    """Top-k listing as the gateway does it: the k tools of the whole pool most relevant to the query."""
+    """Top-k listing as the gateway does it: the k tools of the suite's pool most relevant to the query."""
 
-    def __init__(self, cases: Sequence[ToolSelectionCase], overrides: dict[str, str], k: int) -> None:
+    def __init__(self, cases: Sequence[ToolSelectionCase], overrides: Mapping[str, Override], k: int) -> None:
         from contextlab.extension.tool_index import IndexedTool, ToolIndex
 
         self.k = k
@@ -271,10 +270,12 @@ class _Listing:
         for case in cases:
             for tool in with_descriptions(case.tools, overrides):
                 self.pool.setdefault(tool["name"], tool)
-        self.index = ToolIndex(None)
+        self.index = ToolIndex(None, embedder=_embedder())
         self.index.sync([IndexedTool.from_mcp(t) for t in self.pool.values()])
 
-    def offer(self, case: ToolSelectionCase, overrides: dict[str, str]) -> tuple[list[dict[str, Any]], float | None]:
+    def offer(
+        self, case: ToolSelectionCase, overrides: Mapping[str, Override]
+    ) -> tuple[list[dict[str, Any]], float | None]:
         own = {t["name"]: t for t in with_descriptions(case.tools, overrides)}
         names = [hit.name for hit in self.index.search(case.query, self.k)]
         # A name the case defines differently from the pool is offered with the case's own definition.
@@ -287,26 +288,52 @@ class _Listing:
         self.index.close()
 
 
+_EMBEDDER: list[Any] = []
+
+
+def _embedder() -> Any:
+    # One embedder for every listing: its weights load once.
+    from contextlab.extension.tool_index import WordLlamaEmbedder
+
+    if not _EMBEDDER:
+        _EMBEDDER.append(WordLlamaEmbedder())
+    return _EMBEDDER[0]
+
+
 def evaluate(
-    cases: Sequence[ToolSelectionCase],
-    variants: dict[str, dict[str, str]],
+    suite: ToolSelectionSuite | Sequence[ToolSelectionCase],
+    variants: Mapping[str, Mapping[str, Override]],
     models: Sequence[Any],
     *,
     top_k: int | None = None,
     max_tokens: int = 256,
     executor: Executor | None = None,
     progress: bool = True,
+    text_protocol: Collection[str] = (),
+    configured: Sequence[Any] = (),
+    suite_name: str | None = None,
 ) -> list[CaseResult]:
-    """Every case under every (variant, model). `variants` maps a label to description overrides by tool name."""
+    """Every case of `suite` under every (variant, model); results in (variant, model, case) order.
+
+    `variants` maps a label (or version name) to description overrides by tool name; `{}` is the suite's
+    own text. `models` are names (`local`, `openai:gpt-4o-mini`, a `configured` spec's name), dicts or
+    `ModelSpec`s; those in `text_protocol` get the text protocol even when their backend calls tools
+    natively. `top_k` offers each case only the k tools of the suite's pool that `ToolIndex` ranks
+    first for its question (and reports retrieval recall). `executor` maps the cases (threads, Dask).
+    """
+    cases = list(suite.cases if isinstance(suite, ToolSelectionSuite) else suite)
+    name = suite_name or (suite.name if isinstance(suite, ToolSelectionSuite) else "suite")
     if not cases:
         raise ValueError("the suite has no cases")
-    if not variants:
-        raise ValueError("give at least one description variant (e.g. {'stable': {}})")
-    known = {t["name"] for case in cases for t in case.tools}
-    for label, overrides in variants.items():
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"variant {label!r} describes tools no case offers: {', '.join(unknown[:5])}")
+    _check_variants(cases, variants)
+    specs = resolve_models(models, configured)
+    if not specs:
+        raise ValueError("give at least one model (e.g. ['local'] for the offline model)")
+    unknown = sorted(set(text_protocol) - {spec.name for spec in specs})
+    if unknown:
+        raise ValueError(f"text_protocol names model(s) not evaluated: {', '.join(unknown)}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
     jobs = []
     for label, overrides in variants.items():
         listing = _Listing(cases, overrides, top_k) if top_k is not None else None
@@ -318,9 +345,10 @@ def evaluate(
         finally:
             if listing is not None:
                 listing.close()
-        for model in models:
+        for spec in specs:
+            protocol = "text" if spec.name in text_protocol else "auto"
             jobs.extend(
-                _Job(case, label, tools, recall, model, max_tokens)
+                CaseJob(name, case, label, tools, recall, spec, protocol, max_tokens)
                 for case, (tools, recall) in zip(cases, offers, strict=True)
             )
     from tqdm.auto import tqdm
@@ -329,57 +357,112 @@ def evaluate(
     return list(tqdm(mapper, total=len(jobs), disable=not progress, unit="case", desc="tool choice"))
 
 
-# -- scoring --------------------------------------------------------------------------------------
+# -- scoring --------------------------------------------------------------------------------------------------------
 def results_frame(results: Sequence[CaseResult]) -> Any:
+    """The per-case table (pandas): one row per case × variant × model, with the checker's error type and reason."""
     import pandas as pd
 
-    return pd.DataFrame([r.to_dict() for r in results])
+    columns = list(CaseResult.__dataclass_fields__)
+    return pd.DataFrame([r.to_dict() for r in results], columns=columns)
 
 
 def summarize(results: Sequence[CaseResult]) -> Any:
-    """Per (variant, model): the metrics the issue asks for, one row each."""
+    """One row per (suite, variant, model) with the metrics; a metric with no case to measure it is None."""
     import pandas as pd
 
+    if not results:
+        raise ValueError("no results to summarise")
     rows = []
     frame = results_frame(results)
-    for (variant, model), group in frame.groupby(["variant", "model"], sort=False):
+    for (suite, variant, model), group in frame.groupby(["suite", "variant", "model"], sort=False):
         relevant = group[~group["abstain_expected"]]
         irrelevant = group[group["abstain_expected"]]
-        parallel = relevant[relevant["category"].str.contains("parallel")]
+        parallel = relevant[relevant["category"].str.contains("parallel") | (relevant["expected"].map(len) > 1)]
         recall = relevant["retrieval_recall"].dropna()
         rows.append(
             {
+                "suite": suite,
                 "variant": variant,
                 "model": model,
                 "cases": len(group),
-                "tool_name_accuracy": relevant["name_correct"].mean() if len(relevant) else None,
-                "argument_accuracy": relevant["args_correct"].mean() if len(relevant) else None,
-                "irrelevance_abstention": irrelevant["args_correct"].mean() if len(irrelevant) else None,
+                "tool_name_accuracy": _mean(relevant["name_correct"]),
+                "argument_accuracy": _mean(relevant["args_correct"]),
+                "irrelevance_abstention": _mean(irrelevant["args_correct"]),
                 "call_f1": _name_f1(parallel) if len(parallel) else None,
-                "parse_rate": group["parsed"].mean(),
-                "retrieval_recall": recall.mean() if len(recall) else None,
+                "parse_rate": float(group["parsed"].mean()),
+                "model_errors": int((group["error_type"] == "model_error").sum()),
+                "retrieval_recall": _mean(recall),
                 "prompt_tokens": int(group["prompt_tokens"].sum()),
                 "completion_tokens": int(group["completion_tokens"].sum()),
-                "latency_p50_s": group["latency_s"].quantile(0.5),
-                "latency_p95_s": group["latency_s"].quantile(0.95),
+                "latency_p50_s": float(group["latency_s"].quantile(0.5)),
+                "latency_p95_s": float(group["latency_s"].quantile(0.95)),
             }
         )
     return pd.DataFrame(rows)
 
 
+def _mean(values: Any) -> float | None:
+    return float(values.mean()) if len(values) else None
+
+
 def _name_f1(frame: Any) -> float:
+    """F1 of the called names against the expected ones, counted as multisets over the cases."""
     tp = fp = fn = 0
     for calls, expected in zip(frame["calls"], frame["expected"], strict=True):
-        made = [c["name"] for c in calls]
         remaining = list(expected)
-        for name in made:
-            if name in remaining:
-                remaining.remove(name)
+        for call in calls:
+            if call["name"] in remaining:
+                remaining.remove(call["name"])
                 tp += 1
             else:
                 fp += 1
         fn += len(remaining)
     return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def plot_accuracy(summary: Any, metrics: Sequence[str] = PLOT_METRICS) -> Any:
+    """Bars of each metric by variant (groups) and model (bars), one panel per metric; a matplotlib Figure.
+
+    With several suites, a group is `suite / variant`. Missing values (no such cases) are drawn as empty.
+    """
+    from matplotlib.figure import Figure
+
+    if len(summary) == 0:
+        raise ValueError("the summary is empty")
+    unknown = [m for m in metrics if m not in summary.columns]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}: the summary has {list(summary.columns)}")
+    several = summary["suite"].nunique() > 1 if "suite" in summary.columns else False
+    groups = [f"{s} / {v}" if several else v for s, v in zip(_suites(summary), summary["variant"], strict=True)]
+    order = list(dict.fromkeys(groups))
+    models = list(dict.fromkeys(summary["model"]))
+    panel_width = max(2.6, 0.5 * len(order) * len(models) + 1)
+    fig = Figure(figsize=(panel_width * len(metrics) + 1, 3.8))
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    width = 0.8 / len(models)
+    for ax, metric in zip(axes, metrics, strict=True):
+        for i, model in enumerate(models):
+            values = []
+            for group in order:
+                row = [
+                    value
+                    for g, m, value in zip(groups, summary["model"], summary[metric], strict=True)
+                    if g == group and m == model
+                ]
+                values.append(row[0] if row and row[0] is not None and row[0] == row[0] else 0.0)
+            positions = [p + (i - (len(models) - 1) / 2) * width for p in range(len(order))]
+            ax.bar(positions, values, width, label=model)
+        ax.set_xticks(range(len(order)), order, rotation=20, ha="right")
+        ax.set_ylim(0, 1)
+        ax.set_title(metric.replace("_", " "))
+    axes[0].set_ylabel("fraction of cases")
+    axes[-1].legend(loc="upper right", fontsize=8, title="model")
+    fig.tight_layout()
+    return fig
+
+
+def _suites(summary: Any) -> list[str]:
+    return list(summary["suite"]) if "suite" in summary.columns else [""] * len(summary)
 
 
 def propose(
@@ -389,100 +472,176 @@ def propose(
     min_margin: float = 0.02,
     min_cases: int = 10,
     failures: int = 10,
+    versions: Mapping[str, Mapping[str, int]] | None = None,
 ) -> dict[str, Any]:
-    """Which variant to promote: best argument accuracy (then name accuracy, then abstention), averaged
-    over models. It must beat `current` by `min_margin` on at least `min_cases` cases, else keep it."""
+    """Which variant to promote over `current`, averaged over models and suites.
+
+    Ranked by argument accuracy, ties broken by tool-name accuracy, then irrelevance abstention. The
+    best must beat `current` by `min_margin` argument accuracy on at least `min_cases` distinct cases,
+    else the proposal is to keep `current` (`promote` is None). The answer carries the scores, the
+    failures of both variants (case, model, error type, checker reason), the cases the best variant
+    fixed and broke against `current`, and with `versions` (from `variants_from_server`) the prompt
+    versions `promote` needs.
+    """
+    if not results:
+        raise ValueError("no results to compare")
     summary = summarize(results)
-    by_variant = (
-        summary.groupby("variant", sort=False)[["argument_accuracy", "tool_name_accuracy", "irrelevance_abstention"]]
-        .mean()
-        .fillna(0.0)
-    )
-    counts = summary.groupby("variant", sort=False)["cases"].sum()
-    ranked = sorted(by_variant.index, key=lambda v: tuple(-by_variant.loc[v]), reverse=False)
-    best = ranked[0]
+    keys = ["argument_accuracy", "tool_name_accuracy", "irrelevance_abstention"]
+    by_variant = summary.groupby("variant", sort=False)[keys].mean().fillna(0.0)
     frame = results_frame(results)
-    decision = {
+    counts = frame.groupby("variant", sort=False)["case_id"].nunique()
+    ranked = sorted(by_variant.index, key=lambda v: tuple(-by_variant.loc[v, k] for k in keys))
+    best = ranked[0]
+    proposal: dict[str, Any] = {
         "current": current,
         "best": best,
-        "scores": {v: {k: round(float(x), 4) for k, x in by_variant.loc[v].items()} for v in by_variant.index},
         "promote": None,
+        "decision": "keep current",
         "reason": "",
+        "scores": {v: {k: round(float(by_variant.loc[v, k]), 4) for k in keys} for v in ranked},
+        "cases": {v: int(counts[v]) for v in ranked},
+        "min_margin": min_margin,
+        "min_cases": min_cases,
     }
     if current not in by_variant.index:
-        decision["reason"] = f"the current label {current!r} was not evaluated; nothing to compare against"
+        proposal["reason"] = f"the current label {current!r} was not evaluated; nothing to compare against"
     elif best == current:
-        decision["reason"] = f"{current} is already the best variant"
+        proposal["reason"] = f"{current} is already the best variant"
     elif counts[best] < min_cases:
-        decision["reason"] = f"only {int(counts[best])} cases for {best}; need {min_cases} before promoting"
+        proposal["reason"] = f"only {int(counts[best])} cases for {best}; need {min_cases} before promoting"
     else:
         margin = by_variant.loc[best, "argument_accuracy"] - by_variant.loc[current, "argument_accuracy"]
         if margin < min_margin:
-            decision["reason"] = (
+            proposal["reason"] = (
                 f"{best} beats {current} by {margin:.3f} argument accuracy, below the {min_margin} margin"
             )
         else:
-            decision["promote"] = best
-            decision["reason"] = f"{best} beats {current} by {margin:.3f} argument accuracy"
-    for variant in dict.fromkeys([best, current]):
-        failed = frame[(frame["variant"] == variant) & ~frame["args_correct"]]
-        decision.setdefault("failures", {})[variant] = (
-            failed[["case_id", "model", "category", "error_type", "reason"]].head(failures).to_dict("records")
-        )
-    return decision
+            proposal.update(promote=best, decision=f"promote {best}")
+            proposal["reason"] = f"{best} beats {current} by {margin:.3f} argument accuracy"
+    columns = ["case_id", "suite", "model", "category", "error_type", "reason", "answer"]
+    failed = frame[~frame["args_correct"]]
+    proposal["failures"] = {
+        variant: failed[failed["variant"] == variant][columns].head(failures).to_dict("records")
+        for variant in dict.fromkeys([best, current])
+        if variant in by_variant.index
+    }
+    if current in by_variant.index and best != current:
+        proposal["fixed"], proposal["broken"] = _changes(frame, current, best)
+    if versions is not None and best in versions:
+        proposal["versions"] = dict(versions[best])
+    return proposal
 
 
-# -- the prompts API ------------------------------------------------------------------------------
+def _changes(frame: Any, before: str, after: str) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """The (suite, model, case) triples `after` got right and `before` wrong, and the other way round."""
+    outcome = frame.pivot_table(
+        index=["suite", "model", "case_id"], columns="variant", values="args_correct", aggfunc="first"
+    )
+    pairs = outcome[[before, after]].dropna().astype(bool)
+    keys = list(pairs.index.names)
+    fixed = [dict(zip(keys, k, strict=True)) for k in pairs.index[~pairs[before] & pairs[after]]]
+    broken = [dict(zip(keys, k, strict=True)) for k in pairs.index[pairs[before] & ~pairs[after]]]
+    return fixed, broken
+
+
+# -- the prompts API ------------------------------------------------------------------------------------------------
+def _prompts_api(server_url: str, token: str) -> tuple[str, dict[str, str]]:
+    base = server_url.rstrip("/")
+    if base.endswith("/contextlab/mcp"):
+        base = base[: -len("/contextlab/mcp")]
+    scheme = "Bearer" if token.startswith("cl_") else "token"
+    return base + "/contextlab/api/prompts", {"Authorization": f"{scheme} {token}"}
+
+
+def _reply(response: Any, what: str) -> Any:
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("error") or response.text
+        except ValueError:
+            detail = response.text
+        raise RuntimeError(f"{what}: HTTP {response.status_code}: {str(detail)[:300]}")
+    return response.json()
+
+
 def variants_from_server(
     server_url: str, token: str, labels: Sequence[str]
-) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, int]]]:
-    """Each label's descriptions of the server's managed tools, through the prompts REST API.
+) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, dict[str, int]]]:
+    """Each label's text of the server's managed tools, through the prompts REST API.
 
-    Returns (variants, versions): label → {tool: description} and label → {tool: version}. A tool
-    without the label keeps its current text in that variant.
+    Returns (variants, versions): label → {tool: {"description", "parameters"}} and label → {tool: version}.
+    A tool without the label keeps the text it is listed with; a label other than `stable` that no tool
+    carries is logged as a warning, since its variant is then the listed text.
     """
     import httpx
 
-    base = server_url.rstrip("/") + "/contextlab/api/prompts"
-    headers = {"Authorization": f"token {token}"}
-    listing = httpx.get(base, headers=headers, timeout=30)
-    listing.raise_for_status()
-    variants: dict[str, dict[str, str]] = {label: {} for label in labels}
-    versions: dict[str, dict[str, int]] = {label: {} for label in labels}
-    for item in listing.json().get("prompts", []):
-        if not item.get("available") or not item.get("versions"):
-            continue  # not a tool this server lists, or no managed versions
-        detail = httpx.get(f"{base}/{item['name']}", headers=headers, timeout=30)
-        detail.raise_for_status()
-        data = detail.json()
-        by_version = {v["version"]: v for v in data.get("versions", []) if v.get("kind", "tool") == "tool"}
-        by_label = {entry["label"]: entry for entry in data.get("labels", [])}
-        for label in labels:
-            version = (by_label.get(label) or {}).get("version")
-            if version in by_version:
-                variants[label][item["name"]] = by_version[version]["description"]
-                versions[label][item["name"]] = version
+    if not labels:
+        raise ValueError("give at least one label, e.g. ['stable', 'canary']")
+    base, headers = _prompts_api(server_url, token)
+    with httpx.Client(headers=headers, timeout=30) as http:
+        listing = _reply(http.get(base), f"listing prompts at {base}")
+        variants: dict[str, dict[str, dict[str, Any]]] = {label: {} for label in labels}
+        versions: dict[str, dict[str, int]] = {label: {} for label in labels}
+        for item in listing.get("prompts", []):
+            if not item.get("available") or not item.get("versions"):
+                continue  # not a tool this server lists, or no managed versions
+            data = _reply(http.get(f"{base}/{item['name']}"), f"reading prompt {item['name']}")
+            by_version = {v["version"]: v for v in data.get("versions", []) if v.get("kind", "tool") == "tool"}
+            by_label = {entry["label"]: entry["version"] for entry in data.get("labels", [])}
+            for label in labels:
+                version = by_label.get(label)
+                if version in by_version:
+                    text = by_version[version]
+                    variants[label][item["name"]] = {
+                        "description": text.get("description", ""),
+                        "parameters": dict(text.get("parameters") or {}),
+                    }
+                    versions[label][item["name"]] = version
+    missing = [label for label in labels if label != "stable" and not versions[label]]
+    if missing:
+        log.warning(
+            "no tool on %s carries the label(s) %s: their variants are the listed text. Set a label with "
+            "`contextlab prompts set TOOL -d TEXT --no-promote --label NAME` or `contextlab prompts label`.",
+            server_url,
+            missing,
+        )
     return variants, versions
 
 
 def promote(
-    proposal: dict[str, Any], *, server_url: str, token: str, versions: dict[str, int], label: str = "stable"
+    proposal: Mapping[str, Any],
+    *,
+    server_url: str,
+    token: str,
+    label: str = "stable",
+    versions: Mapping[str, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Move `label` of each tool to the proposed variant's version, through the prompts REST API.
+    """Point `label` of each tool at the proposed variant's version, through the prompts REST API.
 
-    `versions` maps tool name → the version number the proposed variant used. Never called by
-    `propose`: promotion is an explicit step (`--promote` / `promote=True` in the notebook).
+    The versions are `versions` (tool → version), else the ones `propose(..., versions=...)` recorded in
+    the proposal. Every tool and version is checked before any label moves. `propose` never calls this:
+    promotion is an explicit step (`promote = True` in the notebook).
     """
     import httpx
 
     if not proposal.get("promote"):
-        raise ValueError(f"nothing to promote: {proposal.get('reason', 'no proposal')}")
-    base = server_url.rstrip("/") + "/contextlab/api/prompts"
-    headers = {"Authorization": f"token {token}"}
+        raise ValueError(f"nothing to promote: {proposal.get('reason') or 'the proposal names no variant'}")
+    chosen = dict(versions if versions is not None else proposal.get("versions") or {})
+    if not chosen:
+        raise ValueError(
+            f"the proposal for {proposal['promote']!r} carries no prompt versions: build the variants with "
+            "variants_from_server and pass its versions to propose(..., versions=...) or to promote(versions=...)"
+        )
+    base, headers = _prompts_api(server_url, token)
     moved = []
-    for tool, version in versions.items():
-        reply = httpx.put(f"{base}/{tool}/labels/{label}", headers=headers, json={"version": version}, timeout=30)
-        if reply.status_code >= 400:
-            raise RuntimeError(f"could not move {label} of {tool} to v{version}: {reply.text}")
-        moved.append({"tool": tool, "label": label, "version": version})
+    with httpx.Client(headers=headers, timeout=30) as http:
+        for tool, version in chosen.items():
+            data = _reply(http.get(f"{base}/{tool}"), f"reading prompt {tool}")
+            if version not in {v["version"] for v in data.get("versions", [])}:
+                raise ValueError(f"{tool} has no version {version} on {server_url}; nothing was moved")
+        for tool, version in chosen.items():
+            _reply(
+                http.put(f"{base}/{tool}/labels/{label}", json={"version": version}),
+                f"moving {label} of {tool} to v{version} (moved so far: {moved or 'none'})",
+            )
+            moved.append({"tool": tool, "label": label, "version": version})
     return moved
