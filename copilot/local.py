@@ -353,7 +353,8 @@ class LocalModelBackend:
     ("gguf": dequantised from the GGUF file and cached; "cache": the dequantised cache; "llama-cpp":
     the GGUF file run by llama.cpp), `loaded_from` is that path and `load_seconds` how long it took.
     With an `adapter`, `adapter_path` is its folder and `adapter_metadata` its `contextlab-adapter.json`.
-    `engine` ("auto", "transformers", "llama-cpp") overrides `$CONTEXTLAB_LOCAL_ENGINE`.
+    `engine` ("auto", "transformers", "llama-cpp") overrides `$CONTEXTLAB_LOCAL_ENGINE`; `registry_uri` is the
+    MLflow tracking URI that resolves a registry `adapter` (default: see `adapters.default_tracking_uri`).
     """
 
     name = "local"  # backend kind
@@ -367,12 +368,14 @@ class LocalModelBackend:
         threads: int | None = None,
         adapter: str | Path | None = None,
         engine: str | None = None,
+        registry_uri: str | None = None,
     ) -> None:
         _spec(model)
         self.model = model
         self.adapter = str(adapter) if adapter else None  # a folder or a registry reference (see adapters.py)
         self.adapter_path: Path | None = None
         self.adapter_metadata: dict[str, Any] | None = None
+        self.registry_uri = registry_uri  # the MLflow store that resolves an `@alias` adapter
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(model)
         self.threads = max(1, int(threads)) if threads else default_threads()
         engine = (engine or os.environ.get(ENV_ENGINE) or "auto").strip().lower().replace("_", "-")
@@ -541,7 +544,7 @@ class LocalModelBackend:
         if self.adapter_path is None:
             from contextlab.copilot.adapters import resolve_adapter
 
-            self.adapter_path = resolve_adapter(self.adapter or "")
+            self.adapter_path = resolve_adapter(self.adapter or "", tracking_uri=self.registry_uri)
         self.adapter_metadata = check_adapter_base(self.adapter_path, self.model)
 
     def _apply_adapter(self) -> None:

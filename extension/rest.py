@@ -541,10 +541,21 @@ class CopilotHandler(AdminHandler):
         if what == "templates":
             self.reply(self._template(caller, self.get_query_argument("name", "")))
             return
-        if what != "usage":
-            raise web.HTTPError(405, "GET copilot/models, copilot/templates or copilot/usage.")
-        project = self.get_query_argument("project", None)
         mine = not (caller.is_admin or ADMIN_SCOPE in caller.scopes)
+        if what == "suggestions":  # with their feedback: the delta fine-tuning's data (admins see everyone's)
+            from contextlab.copilot.finetune import suggestions_with_feedback
+
+            found = suggestions_with_feedback(
+                self.records.store.engine,
+                project=self.get_query_argument("project", None),
+                target=self.get_query_argument("target", None),
+                user=caller.name if mine else self.get_query_argument("user", None),
+            )
+            self.reply({"suggestions": found})
+            return
+        if what != "usage":
+            raise web.HTTPError(405, "GET copilot/models, copilot/templates, copilot/suggestions or copilot/usage.")
+        project = self.get_query_argument("project", None)
         self.reply(
             self.records.usage(project=project, user=caller.name if mine else self.get_query_argument("user", None))
         )
