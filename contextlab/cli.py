@@ -113,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     from contextlab.pipeline_cli import add_pipeline_commands
 
     add_pipeline_commands(sub)
+    from contextlab.docs_cli import add_docs_commands
+
+    add_docs_commands(sub)
     return parser
 
 

@@ -19,6 +19,12 @@ steps:
     priority: 3
     top_k: 5
     unless: {sensitivity: [secret]}
+  - tool: docs__search       # workspace docs: metric definitions, data dictionaries
+    arguments: {query: "{{ request }}", k: 3}
+    title: Related documentation
+    priority: 4
+    top_k: 3
+    when: {target: [sql, python]}
 ```
 
 Steps run in order; a step whose condition fails, or whose tool this caller cannot see, is
@@ -159,7 +165,12 @@ def run_recipe(
                 continue
             except ContextUnavailable:
                 raise
-            texts = [schema_text(result)] if step.tool.endswith("sql__schema") else _texts(result, step.top_k)
+            if step.tool.endswith("sql__schema"):
+                texts = [schema_text(result)]
+            elif step.tool.endswith("docs__search"):
+                texts = [doc_chunk_text(chunk) for chunk in result.get("chunks", [])[: step.top_k]]
+            else:
+                texts = _texts(result, step.top_k)
             found = [ContextItem(step.tool, step.title or step.tool, text) for text in texts]
         for item in found:
             candidates.append((step.priority, order, item))
@@ -179,6 +190,12 @@ def _render(value: Any, **variables: Any) -> Any:
     if isinstance(value, str):
         return _ENV.from_string(value).render(**variables)
     return value
+
+
+def doc_chunk_text(chunk: dict[str, Any]) -> str:
+    """A `docs__search` chunk as context: where it comes from, then its text."""
+    where = " > ".join(part for part in (chunk["doc_id"], chunk.get("location")) if part)
+    return f"[{where}, lines {chunk['start_line']}-{chunk['end_line']}]\n{chunk['text']}"
 
 
 def _texts(result: dict[str, Any], top_k: int | None) -> list[str]:

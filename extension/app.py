@@ -600,14 +600,7 @@ class ContextLab(ExtensionApp):
             report = await asyncio.to_thread(
                 self.docs_index.build, self.root_dir, list(self.docs_sources), progress=False
             )
-            self.log.info(
-                "ContextLab docs index: %d chunks (%d files added, %d updated, %d removed, %d unchanged)",
-                report.chunks_total,
-                len(report.added),
-                len(report.updated),
-                len(report.removed),
-                report.skipped,
-            )
+            self.log.info("ContextLab docs index: %s", report.summary())
         except (DocIndexError, ValueError) as exc:
             self.log.error("ContextLab docs index not refreshed: %s", exc)
         except Exception:
