@@ -117,7 +117,8 @@ def _search(args: argparse.Namespace) -> int:
         for line in lines[:4]:
             print(f"   {line}")
         if len(lines) > 4:
-            print(f"   … {len(lines) - 4} more lines (docs://chunk/{chunk.id})")
+            more = len(lines) - 4
+            print(f"   … {more} more line{'s' if more > 1 else ''} (docs://chunk/{chunk.id})")
     return 0
 
 

@@ -196,8 +196,12 @@ def test_sources_stay_inside_the_workspace(workspace: Path, tmp_path: Path) -> N
         collect_files(workspace, [" "])
     with pytest.raises(TypeError, match="not one string"):
         collect_files(workspace, "**/*.md")
-    report = DocIndex(tmp_path / "ix").build(workspace, ["docs/*.md", "*.pdf"], progress=False)
+    (workspace / "broken.ipynb").write_text("{not json")
+    report = DocIndex(tmp_path / "ix").build(workspace, ["docs/*.md", "broken.ipynb", "*.pdf"], progress=False)
     assert report.unmatched_sources == ["*.pdf"] and "matched no markdown" in report.summary()
+    assert report.failed["broken.ipynb"].startswith("cannot be parsed")
+    assert "not indexed: broken.ipynb" in report.summary()
+    assert report.documents == 4 and "broken.ipynb" not in report.added
 
 
 def test_bad_queries_and_settings(built: DocIndex, tmp_path: Path) -> None:
