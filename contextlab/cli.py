@@ -116,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
     from contextlab.docs_cli import add_docs_commands
 
     add_docs_commands(sub)
+    from contextlab.apps_cli import add_apps_commands
+
+    add_apps_commands(sub)
     return parser
 
 

@@ -22,6 +22,7 @@ from traitlets.utils.importstring import import_item
 import contextlab
 from contextlab.connect import connection_banner, mcp_url
 from contextlab.extension import rest
+from contextlab.extension.apps_rest import AppsHandler
 from contextlab.extension.copilot_records import CopilotRecords
 from contextlab.extension.copilot_watch import CONTENTS_EVENTS, DeletedCellWatcher
 from contextlab.extension.events import EventBus
@@ -54,7 +55,7 @@ class ContextLab(ExtensionApp):
 
     providers = List(
         Unicode(),
-        default_value=["notebooks", "kernels", "sql", "logs", "metrics", "examples", "docs"],
+        default_value=["notebooks", "kernels", "sql", "logs", "metrics", "examples", "docs", "apps"],
         help="Providers to mount behind the endpoint, by name (keys of provider_classes).",
     ).tag(config=True)
 
@@ -195,6 +196,9 @@ class ContextLab(ExtensionApp):
     docs_index_on_start = Bool(
         True, help="Bring the docs index up to date in the background when the server starts (incremental)."
     ).tag(config=True)
+    apps_dir = Unicode(
+        "apps", help="Folder of the no-code apps' DuckDB files and BPMN flows, relative to the root."
+    ).tag(config=True)
     pipeline_scheduler = Bool(True, help="Fire pipeline schedules inside the server.").tag(config=True)
     pipeline_tick_seconds = Float(15.0, help="How often due pipeline schedules are checked.").tag(config=True)
     pipeline_executor = Unicode("local", help="Where pipeline notebooks run: local, local:N, or dask://host:8786.").tag(
@@ -261,9 +265,10 @@ class ContextLab(ExtensionApp):
         self.kernel_source = JupyterKernelSource(self.serverapp)
         self.request_stats = RequestStats()
 
+        self.events = EventBus(self.store)
+        self._init_apps()
         providers = [self._build_provider(name) for name in self.providers]
         self._health_status: dict[str, Any] = {}
-        self.events = EventBus(self.store)
         self.tokens = TokenService(self.store)
         self.registry = self.registry_class(
             self.store, SecretBox(Path(self.secret_key_file or self._default_key_file()))
@@ -328,6 +333,15 @@ class ContextLab(ExtensionApp):
             self.mcp_url_path,
             ", ".join(self.providers),
         )
+
+    @property
+    def apps_path(self) -> Path:
+        return (self.root_dir / self.apps_dir).resolve()
+
+    def _init_apps(self) -> None:
+        from contextlab.apps.store import AppStore
+
+        self.app_store = AppStore(self.store, self.apps_path, publish=self.events.publish)
 
     def _init_pipelines(self) -> None:
         from contextlab.pipelines.executors import ExecutorError, LocalExecutor, make_executor
@@ -476,6 +490,14 @@ class ContextLab(ExtensionApp):
                     {**admin_extra, "what": "notebook"},
                 ),
                 (r"/contextlab/api/pipelines/schedules", rest.PipelinesHandler, {**admin_extra, "what": "schedules"}),
+                (r"/contextlab/api/apps", AppsHandler, {**admin, "apps": self.app_store}),
+                (r"/contextlab/api/apps/(validate)", AppsHandler, {**admin, "apps": self.app_store}),
+                (r"/contextlab/api/apps/([a-z][a-z0-9_-]{0,63})", AppsHandler, {**admin, "apps": self.app_store}),
+                (
+                    r"/contextlab/api/apps/([a-z][a-z0-9_-]{0,63})/(versions|er|publish|unpublish|rollback|migrate)",
+                    AppsHandler,
+                    {**admin, "apps": self.app_store},
+                ),
                 (r"/contextlab/api/tokens", rest.TokensHandler, admin),
                 (r"/contextlab/api/tokens/([A-Za-z0-9]+)", rest.TokensHandler, admin),
                 (r"/contextlab/api/audit", rest.AuditHandler, admin),
@@ -508,7 +530,8 @@ class ContextLab(ExtensionApp):
             if self.sql_databases:
                 paths = {n: self.root_dir / p for n, p in self.sql_databases.items()}
                 return SQLProvider(paths, **options)
-            return SQLProvider.discover(self.root_dir, **options)
+            # App databases are written by the apps' own server thread; DuckDB allows one writer per file.
+            return SQLProvider.discover(self.root_dir, exclude=(self.apps_path,), **options)
         if name == "logs":
             return LogsProvider(self.log_buffer)
         if name == "docs":
@@ -520,9 +543,13 @@ class ContextLab(ExtensionApp):
         if name == "examples":
             from contextlab.providers.examples import ExamplesProvider
 
-            served = SQLProvider.discover(self.root_dir) if not self.sql_databases else None
+            served = SQLProvider.discover(self.root_dir, exclude=(self.apps_path,)) if not self.sql_databases else None
             paths = {n: self.root_dir / p for n, p in self.sql_databases.items()} if self.sql_databases else None
             return ExamplesProvider(self.store, paths if paths is not None else dict(served.databases))
+        if name == "apps":
+            from contextlab.providers.apps import AppsProvider
+
+            return AppsProvider(self.app_store)
         if name == "metrics":
             return MetricsProvider(self.kernel_source, self.request_stats, self.kernel_source.session_count)
         raise ValueError(

@@ -202,13 +202,17 @@ class SQLProvider(Provider):
         self._schema_locks: dict[str, asyncio.Lock] = {}
 
     @classmethod
-    def discover(cls, root: str | Path, **kwargs: Any) -> SQLProvider:
-        """A provider for every `*.duckdb` file within two folders of `root` (hidden folders skipped)."""
+    def discover(cls, root: str | Path, exclude: tuple[str | Path, ...] = (), **kwargs: Any) -> SQLProvider:
+        """A provider for every `*.duckdb` file within two folders of `root` (hidden folders and the folders
+        in `exclude` skipped)."""
         root = Path(root)
+        skipped = [Path(p).resolve() for p in exclude]
         found: dict[str, Path] = {}
         for pattern in ("*.duckdb", "*/*.duckdb", "*/*/*.duckdb"):
             for path in sorted(root.glob(pattern)):
                 if any(part.startswith(".") for part in path.relative_to(root).parts):
+                    continue
+                if any(path.resolve().is_relative_to(s) for s in skipped):
                     continue
                 found.setdefault(path.stem, path)
         return cls(found, **kwargs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -254,3 +254,55 @@ class PipelineScheduleRow(Base):
     retry_due: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     retry_attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)
     retry_of: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class AppRow(Base):
+    """A PageDSL app: its current and published versions."""
+
+    __tablename__ = "apps"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    title: Mapped[str] = mapped_column(String(256))
+    current_version: Mapped[int] = mapped_column(Integer)
+    published_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_by: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AppVersionRow(Base):
+    """One saved version of an app's PageDSL document (immutable)."""
+
+    __tablename__ = "app_versions"
+
+    app: Mapped[str] = mapped_column(String(64), ForeignKey("apps.name", ondelete="CASCADE"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dsl: Mapped[dict] = mapped_column(JSON)
+    sha256: Mapped[str] = mapped_column(String(64))
+    author: Mapped[str] = mapped_column(String(256))
+    message: Mapped[str] = mapped_column(Text, default="")
+    parent_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class FlowInstanceRow(Base):
+    """A BPMN workflow instance: SpiffWorkflow's serialised state plus what it waits for."""
+
+    __tablename__ = "flow_instances"
+    __table_args__ = (Index("ix_flow_instances_status", "status"), Index("ix_flow_instances_app", "app", "flow"))
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    app: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    flow: Mapped[str] = mapped_column(String(128))
+    process_id: Mapped[str] = mapped_column(String(128))
+    bpmn_sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    state: Mapped[dict] = mapped_column(JSON)
+    data: Mapped[dict] = mapped_column(JSON, default=dict)
+    waiting: Mapped[list] = mapped_column(JSON, default=list)
+    started_by: Mapped[str] = mapped_column(String(256))
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -8,6 +8,7 @@
 | `flow`   | BPMN 2.0 XML                            | XSD, graph checks, SpiffWorkflow parse and dry run              |
 | `api`    | OpenAPI 3.1 YAML                        | openapi-spec-validator                                          |
 | `alert`  | Prometheus alerting rules YAML          | JSON Schema for rule files + PromQL parser                      |
+| `page`   | a PageDSL app (YAML)                    | PageDSL JSON Schema + cross-reference and SQL checks            |
 
 The engine (`contextlab.copilot.engine`) defines the `Target` protocol; this package imports from it and,
 once imported, adds its targets to `engine.TARGETS` (the engine imports this package at its end, so the
@@ -24,6 +25,7 @@ from contextlab.copilot.targets.alert import AlertTarget
 from contextlab.copilot.targets.bpmn import FlowTarget
 from contextlab.copilot.targets.er import ERTarget
 from contextlab.copilot.targets.openapi import APITarget
+from contextlab.copilot.targets.page import PageTarget
 from contextlab.copilot.targets.python import PythonTarget
 from contextlab.copilot.targets.testing import PytestTarget
 
@@ -34,6 +36,7 @@ BUILTIN_TARGETS: dict[str, Callable[[], Any]] = {
     "flow": FlowTarget,
     "api": APITarget,
     "alert": AlertTarget,
+    "page": PageTarget,
 }
 
 __all__ = [
@@ -42,6 +45,7 @@ __all__ = [
     "AlertTarget",
     "ERTarget",
     "FlowTarget",
+    "PageTarget",
     "PytestTarget",
     "PythonTarget",
     "register",

@@ -106,7 +106,7 @@ def test_extra_context_items_reach_the_prompt(srv):
 @pytest.mark.parametrize(
     ("target", "request_text", "error"),
     [
-        ("poem", "roses", "Unknown target 'poem'. Targets: alert, api, er, flow, python, sql, test"),
+        ("poem", "roses", "Unknown target 'poem'. Targets: alert, api, er, flow, page, python, sql, test"),
         ("sql", "   ", "Write what you need below"),
     ],
 )

@@ -84,7 +84,7 @@ SCHEMA = {
 
 
 def test_the_builtin_targets_are_registered_in_the_engine():
-    assert set(BUILTIN_TARGETS) == {"python", "test", "er", "flow", "api", "alert"}
+    assert set(BUILTIN_TARGETS) == {"python", "test", "er", "flow", "api", "alert", "page"}
     assert set(BUILTIN_TARGETS) | {"sql"} <= set(engine.TARGETS)
     for name, factory in BUILTIN_TARGETS.items():
         target = factory()
@@ -95,7 +95,7 @@ def test_the_builtin_targets_are_registered_in_the_engine():
         assert "```" in rendered and "## A title\nsome text" in rendered
 
 
-@pytest.mark.parametrize("name", ["python", "test", "er", "flow", "api", "alert"])
+@pytest.mark.parametrize("name", ["python", "test", "er", "flow", "api", "alert", "page"])
 def test_gather_without_a_client_or_without_the_tools_gives_no_context(name):
     target = BUILTIN_TARGETS[name]()
     assert target.gather(None) == []
