@@ -142,6 +142,11 @@ def add_apps_commands(sub: Any) -> None:
         help="ContextLab MCP endpoint that flows' service tasks call (default: $CONTEXTLAB_MCP_URL).",
     )
     serve.add_argument("--mcp-token", help="Token for --mcp-url (default: $CONTEXTLAB_TOKEN).")
+    serve.add_argument(
+        "--mlflow-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI"),
+        help="MLflow tracking URI whose latest runs the console plots (default: $MLFLOW_TRACKING_URI).",
+    )
 
 
 def _guard(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
@@ -427,7 +432,8 @@ def _serve(args: argparse.Namespace) -> int:
     oauth = None
     if args.oauth_provider:
         oauth = {"oauth_provider": args.oauth_provider, "oauth_key": args.oauth_key, "oauth_secret": args.oauth_secret}
-    server = AppServer(store, users, env=args.env, flows=_flow_engine(store, args.mcp_url, args.mcp_token))
+    flows = _flow_engine(store, args.mcp_url, args.mcp_token)
+    server = AppServer(store, users, env=args.env, flows=flows, tools=_tools(store, flows, args))
     origins = [f"{args.address}:{args.port}", f"localhost:{args.port}", *args.allow_websocket_origin]
     print(f"ContextLab apps at http://{args.address}:{args.port}/apps", flush=True)
     server.serve(
@@ -438,6 +444,28 @@ def _serve(args: argparse.Namespace) -> int:
         websocket_origin=origins,
     )
     return 0
+
+
+def _tools(store: Any, flows: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The pages served beside the apps: the console (admins)."""
+    from contextlab.apps.console import ValueEvent, build_console
+    from contextlab.apps.flows import FlowError
+
+    def retry(event: ValueEvent) -> str:
+        if event.payload.get("instance_id"):
+            try:
+                instance = flows.engine.retry(event.payload["instance_id"])
+            except FlowError as exc:
+                return f"Not retried: {exc}"
+            return f"Flow instance {instance.id} is {instance.status} again."
+        if event.payload.get("pipeline"):
+            return f"Run it again with `contextlab pipeline run {event.payload['pipeline']}`."
+        return "Nothing to retry."
+
+    def console(viewer: Any) -> Any:
+        return build_console(store.state, user=viewer.user, mlflow_uri=args.mlflow_uri, retry=retry)
+
+    return {"console": (console, {"admin"})}
 
 
 def _flow_engine(store: Any, mcp_url: str | None = None, mcp_token: str | None = None) -> Any:

@@ -252,5 +252,20 @@ def test_expense_app_from_description_to_approval(workspace, browser, out: Path)
         # 6. the service task's MCP call is audited, and the console shows it
         [call] = state.audit(target="apps__run_query")
         assert call["outcome"] == "ok"
+        admin = login(browser, apps.url, "root", "root-pw", "/console")
+        admin.get_by_text("Audit", exact=True).first.click()
+        audit = admin.locator(".cl-console-audit")
+        audit.get_by_text("apps__run_query").first.wait_for()
+        assert audit.get_by_text("apps__list").count() >= 1  # the Copilot's context calls of step 1
+        admin.locator(".cl-console-latency canvas, .cl-console-latency svg").first.wait_for()
+        admin.screenshot(path=str(out / "5-console-audit.png"), full_page=True)
+        admin.get_by_text("Chat Hub", exact=True).first.click()
+        hub = admin.locator(".cl-console-hub")
+        hub.get_by_text("approval requested").first.wait_for()
+        assert hub.get_by_text("receipt").count() >= 1  # the completed flow
+        admin.screenshot(path=str(out / "6-console-hub.png"), full_page=True)
+        manager = login(browser, apps.url, "mia", "mia-pw", "/apps")
+        assert manager.goto(f"{apps.url}/console").status == 403  # the console is for admins
+        manager.context.close()
     finally:
         apps.stop()

@@ -1,0 +1,469 @@
+"""The admin console: registry, prompts, audit, jobs and evaluations, and the Chat Hub of value events.
+
+Every tab reads the control-plane state store when it is built and again on "Refresh"; nothing is cached
+across sessions. `contextlab apps serve` mounts it at `/console` for admins.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import statistics
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import panel as pn
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from contextlab.state import StateStore
+from contextlab.state.models import EventRecord, PipelineRunRow, UpstreamServerRow
+
+WINDOWS = {"15 minutes": 0.25, "1 hour": 1, "24 hours": 24, "7 days": 24 * 7, "all": None}
+OUTCOMES = ["all", "ok", "tool_error", "error", "denied"]
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def registry_frame(state: StateStore) -> pd.DataFrame:
+    """Upstream servers with health, breaker state, latency, and their limits/options."""
+    with Session(state.engine) as session:
+        rows = list(session.scalars(select(UpstreamServerRow).order_by(UpstreamServerRow.name)))
+    records = []
+    for row in rows:
+        health = row.health or {}
+        records.append(
+            {
+                "server": row.name,
+                "transport": row.transport,
+                "target": row.url or " ".join(row.command or []),
+                "enabled": row.enabled,
+                "health": health.get("status", "unknown"),
+                "breaker": health.get("breaker", "closed"),
+                "latency_ms": health.get("latency_ms"),
+                "last_error": health.get("last_error") or "",
+                "limits": json.dumps(row.options or {}, sort_keys=True),
+            }
+        )
+    columns = ["server", "transport", "target", "enabled", "health", "breaker", "latency_ms", "last_error", "limits"]
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+def audit_frame(
+    state: StateStore,
+    *,
+    tool: str = "",
+    principal: str = "",
+    outcome: str = "all",
+    hours: float | None = None,
+    limit: int = 5000,
+) -> pd.DataFrame:
+    """Audit entries, newest first; `tool` matches part of the tool or method name."""
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(hours=hours) if hours else None
+    rows = state.audit(
+        outcome=None if outcome == "all" else outcome,
+        principal=principal or None,
+        since=since,
+        limit=limit,
+    )
+    frame = pd.DataFrame.from_records(
+        rows,
+        columns=["ts", "principal", "method", "target", "outcome", "latency_ms", "error", "decision", "client"],
+    )
+    if tool and not frame.empty:
+        needle = tool.lower()
+        hit = frame["target"].fillna("").str.lower().str.contains(needle, regex=False)
+        hit |= frame["method"].fillna("").str.lower().str.contains(needle, regex=False)
+        frame = frame[hit]
+    return frame.reset_index(drop=True)
+
+
+def latency_histogram(frame: pd.DataFrame, bins: int = 20) -> dict[str, Any]:
+    """A Vega-Lite bar chart of the latencies in `frame`."""
+    values = [{"latency_ms": float(v)} for v in frame.get("latency_ms", pd.Series(dtype=float)).dropna()]
+    return {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "data": {"values": values},
+        "mark": "bar",
+        "encoding": {
+            "x": {"field": "latency_ms", "bin": {"maxbins": bins}, "title": "latency (ms)"},
+            "y": {"aggregate": "count", "title": "calls"},
+        },
+        "width": "container",
+        "height": 220,
+    }
+
+
+def latency_summary(frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return "No audit entries match these filters."
+    lat = sorted(frame["latency_ms"].dropna())
+    p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]
+    errors = int((frame["outcome"] != "ok").sum())
+    return (
+        f"**{len(frame)}** calls · p50 **{statistics.median(lat):.1f} ms** · p95 **{p95:.1f} ms** · not ok **{errors}**"
+    )
+
+
+def runs_frame(state: StateStore, limit: int = 200) -> pd.DataFrame:
+    """Pipeline runs (jobs), newest first."""
+    with Session(state.engine) as session:
+        rows = list(session.scalars(select(PipelineRunRow).order_by(PipelineRunRow.created_at.desc()).limit(limit)))
+    columns = ["id", "pipeline", "status", "trigger", "attempt", "created_at", "duration_s", "mlflow_run_id", "error"]
+    return pd.DataFrame.from_records([{c: getattr(r, c) for c in columns} for r in rows], columns=columns)
+
+
+def mlflow_frame(tracking_uri: str, limit: int = 50) -> pd.DataFrame:
+    """The latest MLflow runs with their metrics (columns `metrics.*`)."""
+    import mlflow
+
+    client_uri = mlflow.get_tracking_uri()
+    try:
+        mlflow.set_tracking_uri(tracking_uri)
+        runs = mlflow.search_runs(search_all_experiments=True, max_results=limit, order_by=["start_time DESC"])
+    finally:
+        mlflow.set_tracking_uri(client_uri)
+    return runs if isinstance(runs, pd.DataFrame) else pd.DataFrame()
+
+
+@dataclass(frozen=True)
+class ValueEvent:
+    """One Chat Hub card: what happened, in words, and what to do about it."""
+
+    id: int
+    ts: dt.datetime
+    kind: str  # task accepted | approval requested | milestone | receipt | anomaly detected | recovery …
+    title: str
+    detail: str
+    action: str | None  # approve | retry | trace
+    payload: Mapping[str, Any]
+
+
+def value_event(record: EventRecord) -> ValueEvent | None:
+    """The value event an outbox event stands for, or None for plumbing (registry and prompt changes, …)."""
+    p = record.payload or {}
+    topic = record.topic
+    what = p.get("app") or p.get("pipeline") or p.get("server") or ""
+    if topic == "flow.started":
+        kind, title, action = "task accepted", f"{p.get('flow')} started in {what}", "trace"
+    elif topic == "flow.task_waiting":
+        task = p.get("task") or {}
+        kind, title, action = "approval requested", f"{task.get('title') or task.get('name')} ({what})", "approve"
+    elif topic == "flow.completed":
+        kind, title, action = "receipt", f"{p.get('flow')} completed in {what}", "trace"
+    elif topic == "flow.failed":
+        kind, title, action = "anomaly detected", f"{p.get('flow')} failed in {what}", "retry"
+    elif topic == "app.published":
+        kind, title, action = "milestone", f"{what} version {p.get('version')} published", None
+    elif topic == "pipeline.succeeded":
+        kind, title, action = "receipt", f"pipeline {what} succeeded", "trace"
+    elif topic in ("pipeline.failed", "pipeline.alert"):
+        kind, title, action = "anomaly detected", f"pipeline {what} {p.get('status') or 'alert'}", "retry"
+    elif topic == "pipeline.retry":
+        kind, title, action = "recovery started", f"pipeline {what} retries (attempt {p.get('attempt')})", None
+    elif topic == "provider.health":
+        down = p.get("status") == "down" or p.get("breaker") == "open"
+        kind = "anomaly detected" if down else "recovery done"
+        title, action = f"upstream {what} is {'down' if down else 'back up'}", "trace"
+    else:
+        return None
+    detail = p.get("error") or p.get("last_error") or ""
+    return ValueEvent(record.id, record.ts, kind, title, str(detail)[:300], action, p)
+
+
+def value_events(state: StateStore, after: int = 0, limit: int = 200) -> list[ValueEvent]:
+    """The newest value events (newest first), skipping every other topic."""
+    with Session(state.engine) as session:
+        query = select(EventRecord).where(EventRecord.id > after).order_by(EventRecord.id.desc()).limit(limit * 5)
+        records = list(session.scalars(query))
+    events = [e for e in map(value_event, records) if e is not None]
+    return events[:limit]
+
+
+# ------------------------------------------------------------------------------------------------ views
+
+
+def _table(frame: pd.DataFrame, css: str, page_size: int = 15) -> pn.widgets.Tabulator:
+    return pn.widgets.Tabulator(
+        frame,
+        pagination="local",
+        page_size=page_size,
+        disabled=True,
+        show_index=False,
+        sizing_mode="stretch_width",
+        css_classes=[css],
+    )
+
+
+def registry_tab(state: StateStore) -> pn.Column:
+    table = _table(registry_frame(state), "cl-console-registry")
+    note = pn.pane.Markdown("", css_classes=["cl-console-registry-note"])
+
+    def refresh(_event: Any = None) -> None:
+        frame = registry_frame(state)
+        table.value = frame
+        open_ = int((frame["breaker"] != "closed").sum()) if not frame.empty else 0
+        note.object = (
+            "No upstream MCP server is registered: `contextlab registry add` registers one."
+            if frame.empty
+            else f"{len(frame)} servers · {open_} breaker(s) not closed"
+        )
+
+    refresh()
+    button = pn.widgets.Button(label="Refresh", css_classes=["cl-refresh"])
+    button.on_click(refresh)
+    return pn.Column(button, note, table, sizing_mode="stretch_width")
+
+
+def prompts_tab(state: StateStore, user: str) -> pn.Column:
+    from contextlab.extension.prompts import PromptError, PromptStore
+
+    prompts = PromptStore(state)
+    summary = pn.pane.Markdown("")
+    pick = pn.widgets.Select(label="Tool description", options=[])
+    versions = _table(pd.DataFrame(), "cl-console-prompt-versions", page_size=8)
+    old = pn.widgets.IntInput(label="From version", value=1, start=1, width=120)
+    new = pn.widgets.IntInput(label="To version", value=1, start=1, width=120)
+    diff = pn.pane.Markdown("", css_classes=["cl-console-prompt-diff"])
+    message = pn.pane.Markdown("")
+    rollback = pn.widgets.Button(label="Roll back the served label", button_type="warning")
+
+    def load_summary() -> None:
+        data = prompts.summary()
+        lines = []
+        for name, entry in sorted(data.items()):
+            labels = ", ".join(
+                f"{label} → v{v['version']}" + (f" ({v['weight']:g}%)" if v.get("weight") is not None else "")
+                for label, v in sorted(entry["labels"].items())
+            )
+            lines.append(f"| `{name}` | {entry['versions']} | {labels} |")
+        summary.object = (
+            "| tool | versions | labels (canary share) |\n|---|---|---|\n" + "\n".join(lines)
+            if lines
+            else "No tool description is versioned yet: `contextlab prompts` records one."
+        )
+        pick.options = sorted(data)
+
+    def show(_event: Any = None) -> None:
+        if not pick.value:
+            return
+        rows = [v.to_dict() for v in prompts.versions(pick.value)]
+        versions.value = pd.DataFrame(rows)[["version", "author", "message", "created_at"]] if rows else pd.DataFrame()
+        if rows:
+            new.value = rows[-1]["version"]
+            old.value = max(1, new.value - 1)
+
+    def show_diff(_event: Any = None) -> None:
+        if pick.value:
+            try:
+                text = prompts.diff(pick.value, old.value, new.value)
+            except PromptError as exc:
+                text = str(exc)
+            diff.object = f"```diff\n{text or '(no change)'}\n```"
+
+    def do_rollback(_event: Any) -> None:
+        try:
+            label = prompts.rollback(pick.value, author=user)
+        except PromptError as exc:
+            message.object = f"**Not rolled back:** {exc}"
+            return
+        message.object = f"`{pick.value}`: label `{label.label}` now serves version {label.version}."
+        load_summary()
+        show()
+
+    pick.param.watch(show, "value")
+    for widget in (old, new):
+        widget.param.watch(show_diff, "value")
+    rollback.on_click(do_rollback)
+    load_summary()
+    show()
+    show_diff()
+    return pn.Column(summary, pick, versions, pn.Row(old, new), diff, rollback, message, sizing_mode="stretch_width")
+
+
+def audit_tab(state: StateStore) -> pn.Column:
+    tool = pn.widgets.TextInput(label="Tool or method contains", width=220)
+    principal = pn.widgets.TextInput(label="Caller", width=160)
+    outcome = pn.widgets.Select(label="Outcome", options=OUTCOMES, value="all", width=140)
+    window = pn.widgets.Select(label="Window", options=list(WINDOWS), value="24 hours", width=140)
+    table = _table(pd.DataFrame(), "cl-console-audit", page_size=20)
+    summary = pn.pane.Markdown("", css_classes=["cl-console-audit-summary"])
+    histogram = pn.pane.Vega(
+        latency_histogram(pd.DataFrame()), sizing_mode="stretch_width", css_classes=["cl-console-latency"]
+    )
+
+    def refresh(_event: Any = None) -> None:
+        frame = audit_frame(
+            state, tool=tool.value, principal=principal.value, outcome=outcome.value, hours=WINDOWS[window.value]
+        )
+        table.value = frame
+        summary.object = latency_summary(frame)
+        histogram.object = latency_histogram(frame)
+
+    for widget in (tool, principal, outcome, window):
+        widget.param.watch(refresh, "value")
+    button = pn.widgets.Button(label="Refresh", css_classes=["cl-refresh"])
+    button.on_click(refresh)
+    refresh()
+    return pn.Column(
+        pn.Row(tool, principal, outcome, window, button), summary, histogram, table, sizing_mode="stretch_width"
+    )
+
+
+def jobs_tab(state: StateStore, mlflow_uri: str | None) -> pn.Column:
+    runs = _table(pd.DataFrame(), "cl-console-jobs")
+    durations = pn.pane.Vega(None, sizing_mode="stretch_width")
+    metrics = pn.Column(sizing_mode="stretch_width")
+
+    def refresh(_event: Any = None) -> None:
+        frame = runs_frame(state)
+        runs.value = frame
+        points = [
+            {"created_at": str(r.created_at), "duration_s": r.duration_s, "status": r.status, "pipeline": r.pipeline}
+            for r in frame.itertuples()
+            if r.duration_s is not None
+        ]
+        durations.object = {
+            "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+            "data": {"values": points},
+            "mark": {"type": "point", "filled": True},
+            "encoding": {
+                "x": {"field": "created_at", "type": "temporal", "title": "started"},
+                "y": {"field": "duration_s", "type": "quantitative", "title": "duration (s)"},
+                "color": {"field": "status", "type": "nominal"},
+                "tooltip": [{"field": "pipeline"}, {"field": "status"}, {"field": "duration_s"}],
+            },
+            "width": "container",
+            "height": 200,
+        }
+        metrics.objects = [_mlflow_view(mlflow_uri)]
+
+    button = pn.widgets.Button(label="Refresh", css_classes=["cl-refresh"])
+    button.on_click(refresh)
+    refresh()
+    return pn.Column(button, "### Job history", runs, durations, "### Latest evaluations (MLflow)", metrics)
+
+
+def _mlflow_view(mlflow_uri: str | None) -> Any:
+    if not mlflow_uri:
+        return pn.pane.Markdown("No MLflow tracking URI is configured: start the console with `--mlflow-uri`.")
+    try:
+        frame = mlflow_frame(mlflow_uri)
+    except Exception as exc:  # noqa: BLE001 - the console shows why MLflow could not be read
+        return pn.pane.Alert(f"MLflow at {mlflow_uri} could not be read: {exc}", alert_type="warning")
+    metric_cols = [c for c in frame.columns if c.startswith("metrics.")]
+    if frame.empty or not metric_cols:
+        return pn.pane.Markdown(f"No runs with metrics in {mlflow_uri} yet.")
+    keep = ["run_id", "tags.mlflow.runName", "start_time", *metric_cols]
+    shown = frame[[c for c in keep if c in frame.columns]].copy()
+    long = shown.melt(id_vars=[c for c in ("run_id", "start_time") if c in shown], value_vars=metric_cols).dropna()
+    long["variable"] = long["variable"].str.removeprefix("metrics.")
+    chart = {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "data": {"values": json.loads(long.to_json(orient="records", date_format="iso"))},
+        "mark": {"type": "line", "point": True},
+        "encoding": {
+            "x": {"field": "start_time", "type": "temporal", "title": "run"},
+            "y": {"field": "value", "type": "quantitative"},
+            "color": {"field": "variable", "type": "nominal", "title": "metric"},
+        },
+        "width": "container",
+        "height": 220,
+    }
+    return pn.Column(pn.pane.Vega(chart, sizing_mode="stretch_width"), _table(shown, "cl-console-mlflow", 10))
+
+
+ACTION_LABELS = {"approve": "Approve…", "retry": "Retry", "trace": "Open trace"}
+KIND_COLORS = {
+    "task accepted": "#1f77b4",
+    "approval requested": "#ff7f0e",
+    "milestone": "#9467bd",
+    "receipt": "#2ca02c",
+    "anomaly detected": "#d62728",
+    "recovery started": "#bcbd22",
+    "recovery done": "#17becf",
+}
+
+
+def chat_hub_tab(
+    state: StateStore,
+    *,
+    app_url: Callable[[str], str] | None = None,
+    retry: Callable[[ValueEvent], str] | None = None,
+) -> pn.Column:
+    feed = pn.Column(sizing_mode="stretch_width", css_classes=["cl-console-hub"])
+    trace = pn.Column(sizing_mode="stretch_width")
+    seen: dict[str, int] = {"last": 0}
+
+    def card(event: ValueEvent) -> Any:
+        color = KIND_COLORS.get(event.kind, "#555")
+        header = f"<b style='color:{color}'>{event.kind}</b> · {event.ts:%Y-%m-%d %H:%M:%S} UTC"
+        body: list[Any] = [pn.pane.HTML(header), pn.pane.Markdown(f"**{event.title}**")]
+        if event.detail:
+            body.append(pn.pane.Markdown(f"`{event.detail}`"))
+        if event.action == "approve" and event.payload.get("app"):
+            url = app_url(event.payload["app"]) if app_url else f"/apps/{event.payload['app']}"
+            body.append(pn.pane.Markdown(f"[{ACTION_LABELS['approve']}]({url})", css_classes=["cl-hub-approve"]))
+        elif event.action in ("retry", "trace"):
+            button = pn.widgets.Button(label=ACTION_LABELS[event.action], css_classes=[f"cl-hub-{event.action}"])
+
+            def act(_e: Any, event: ValueEvent = event) -> None:
+                if event.action == "retry":
+                    text = retry(event) if retry else "Retry is not available here."
+                    trace.objects = [pn.pane.Markdown(text)]
+                else:
+                    show_trace(event)
+
+            button.on_click(act)
+            body.append(button)
+        return pn.Card(*body, hide_header=True, sizing_mode="stretch_width", css_classes=["cl-hub-card"])
+
+    def show_trace(event: ValueEvent) -> None:
+        window = audit_frame(state, hours=None, limit=2000)
+        if not window.empty:
+            ts = pd.to_datetime(window["ts"], utc=True)
+            at = pd.Timestamp(event.ts).tz_localize("UTC") if pd.Timestamp(event.ts).tzinfo is None else event.ts
+            window = window[(ts <= at + pd.Timedelta(seconds=5)) & (ts >= at - pd.Timedelta(seconds=120))]
+        trace.objects = [
+            pn.pane.Markdown(f"**MCP calls around:** {event.title}"),
+            _table(window, "cl-hub-trace", 10) if not window.empty else pn.pane.Markdown("No MCP calls then."),
+        ]
+
+    def refresh(_event: Any = None) -> None:
+        events = value_events(state)
+        if events and events[0].id == seen["last"]:
+            return
+        seen["last"] = events[0].id if events else 0
+        feed.objects = [card(e) for e in events] or [
+            pn.pane.Markdown("Nothing yet: flows, publishing, pipelines and upstream health show up here.")
+        ]
+
+    refresh()
+    if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+        pn.state.add_periodic_callback(refresh, period=2000)
+    return pn.Column(pn.Row(feed, trace, sizing_mode="stretch_width"), sizing_mode="stretch_width")
+
+
+def build_console(
+    state: StateStore,
+    *,
+    user: str = "admin",
+    mlflow_uri: str | None = None,
+    app_url: Callable[[str], str] | None = None,
+    retry: Callable[[ValueEvent], str] | None = None,
+) -> pn.viewable.Viewable:
+    """The console as Panel tabs."""
+    tabs = pn.Tabs(
+        ("Registry", registry_tab(state)),
+        ("Prompts", prompts_tab(state, user)),
+        ("Audit", audit_tab(state)),
+        ("Jobs & evaluations", jobs_tab(state, mlflow_uri)),
+        ("Chat Hub", chat_hub_tab(state, app_url=app_url, retry=retry)),
+        dynamic=False,
+        sizing_mode="stretch_width",
+    )
+    header = pn.pane.Markdown(f"## ContextLab console\n<small>signed in as **{user}**</small>")
+    return pn.Column(header, tabs, sizing_mode="stretch_width", css_classes=["cl-console"])
