@@ -229,6 +229,8 @@ class AppServer:
                 (provider.real_login_url, provider.real_login_handler),
             ]
             pn.config.cookie_secret = cookie_secret or pn.config.cookie_secret or secrets.token_urlsafe(32)
+        if self.prefix:
+            options.setdefault("prefix", self.prefix)
         return pn.serve(
             self.routes(),
             port=port,

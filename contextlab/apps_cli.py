@@ -42,8 +42,17 @@ def add_apps_commands(sub: Any) -> None:
 
     def command(name: str, help_text: str, func: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
         parser = asub.add_parser(name, help=help_text, description=help_text)
-        parser.add_argument("--workspace", default=".", help="Workspace folder (default: the current folder).")
-        parser.add_argument("--state-url", help="SQLAlchemy URL of the state store (default: the workspace's).")
+        parser.add_argument(
+            "--workspace",
+            default=os.environ.get("CONTEXTLAB_WORKSPACE") or ".",
+            help="Workspace folder (default: $CONTEXTLAB_WORKSPACE, set in a Jupyter server's terminals and "
+            "kernels, else the current folder).",
+        )
+        parser.add_argument(
+            "--state-url",
+            default=os.environ.get("CONTEXTLAB_STATE_URL") or None,
+            help="SQLAlchemy URL of the state store (default: $CONTEXTLAB_STATE_URL, else the workspace's).",
+        )
         parser.add_argument("--author", default=None, help="Who makes the change (default: $USER).")
         parser.set_defaults(func=lambda args, _extra: _guard(func, args))
         return parser
@@ -124,6 +133,7 @@ def add_apps_commands(sub: Any) -> None:
     serve = command("serve", "Serve the published apps with Panel (standalone, with basic auth or OAuth).", _serve)
     serve.add_argument("--port", type=int, default=5006)
     serve.add_argument("--address", default="127.0.0.1")
+    serve.add_argument("--prefix", default="", help="URL prefix when served behind a proxy (e.g. /contextlab-apps).")
     serve.add_argument("--users", help="Users file (YAML: users: {name: {password, roles}}); enables basic auth.")
     serve.add_argument("--env", help="Environment whose data sources to use (e.g. prod).")
     serve.add_argument("--oauth-provider", help="Panel OAuth provider (github, google, azure, generic, …).")
@@ -433,9 +443,10 @@ def _serve(args: argparse.Namespace) -> int:
     if args.oauth_provider:
         oauth = {"oauth_provider": args.oauth_provider, "oauth_key": args.oauth_key, "oauth_secret": args.oauth_secret}
     flows = _flow_engine(store, args.mcp_url, args.mcp_token)
-    server = AppServer(store, users, env=args.env, flows=flows, tools=_tools(store, flows, args))
+    prefix = "/" + args.prefix.strip("/") if args.prefix.strip("/") else ""
+    server = AppServer(store, users, env=args.env, flows=flows, prefix=prefix, tools=_tools(store, flows, args))
     origins = [f"{args.address}:{args.port}", f"localhost:{args.port}", *args.allow_websocket_origin]
-    print(f"ContextLab apps at http://{args.address}:{args.port}/apps", flush=True)
+    print(f"ContextLab apps at http://{args.address}:{args.port}{prefix}/apps", flush=True)
     server.serve(
         port=args.port,
         address=args.address,

@@ -22,7 +22,7 @@ from traitlets.utils.importstring import import_item
 import contextlab
 from contextlab.connect import connection_banner, mcp_url
 from contextlab.extension import rest
-from contextlab.extension.apps_rest import AppsHandler
+from contextlab.extension.apps_rest import AppsHandler, AppsPageHandler
 from contextlab.extension.copilot_records import CopilotRecords
 from contextlab.extension.copilot_watch import CONTENTS_EVENTS, DeletedCellWatcher
 from contextlab.extension.events import EventBus
@@ -490,6 +490,7 @@ class ContextLab(ExtensionApp):
                     {**admin_extra, "what": "notebook"},
                 ),
                 (r"/contextlab/api/pipelines/schedules", rest.PipelinesHandler, {**admin_extra, "what": "schedules"}),
+                (r"/contextlab/apps/?([a-z0-9_/-]*)", AppsPageHandler),
                 (r"/contextlab/api/apps", AppsHandler, {**admin, "apps": self.app_store}),
                 (r"/contextlab/api/apps/(validate)", AppsHandler, {**admin, "apps": self.app_store}),
                 (r"/contextlab/api/apps/([a-z][a-z0-9_-]{0,63})", AppsHandler, {**admin, "apps": self.app_store}),
@@ -606,6 +607,9 @@ class ContextLab(ExtensionApp):
                 attributes=self.jupyter_user_attributes.get("*") or {},
             )
         os.environ["CONTEXTLAB_TOKEN"] = token
+        # The apps server (started through jupyter-server-proxy) and terminals work on this workspace.
+        os.environ["CONTEXTLAB_WORKSPACE"] = str(self.root_dir)
+        os.environ["CONTEXTLAB_STATE_URL"] = str(self.store.engine.url.render_as_string(hide_password=False))
 
     async def _warm_tool_index(self) -> None:
         # Build the index before the first search needs it; a failure is retried by that search.

@@ -11,6 +11,8 @@ import asyncio
 from typing import Any
 
 from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import JupyterHandler
+from jupyter_server.utils import url_path_join
 from tornado import web
 
 from contextlab.extension.rest import ADMIN_SCOPE, AdminHandler
@@ -235,3 +237,13 @@ class AppsHandler(AdminHandler):
     async def delete(self, name: str, action: str | None = None) -> None:
         self.require_writer()
         await self.run(lambda: self.apps.delete(name) or {"deleted": name})
+
+
+class AppsPageHandler(JupyterHandler):
+    """`{base_url}contextlab/apps/…`: the apps as served inside JupyterLab (through jupyter-server-proxy)."""
+
+    @web.authenticated
+    def get(self, rest: str = "") -> None:
+        target = url_path_join(self.base_url, "contextlab-apps", "apps", rest or "")
+        query = self.request.query
+        self.redirect(f"{target}?{query}" if query else target)
