@@ -153,6 +153,9 @@ def add_apps_commands(sub: Any) -> None:
     )
     serve.add_argument("--mcp-token", help="Token for --mcp-url (default: $CONTEXTLAB_TOKEN).")
     serve.add_argument(
+        "--model", default="local", help="Model the builder drafts apps with (local, openai:<id>, anthropic:<id>)."
+    )
+    serve.add_argument(
         "--mlflow-uri",
         default=os.environ.get("MLFLOW_TRACKING_URI"),
         help="MLflow tracking URI whose latest runs the console plots (default: $MLFLOW_TRACKING_URI).",
@@ -458,7 +461,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _tools(store: Any, flows: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """The pages served beside the apps: the console (admins)."""
+    """The pages served beside the apps: the console (admins) and the builder (admins and `builder`s)."""
+    from contextlab.apps.builder import build_builder
     from contextlab.apps.console import ValueEvent, build_console
     from contextlab.apps.flows import FlowError
 
@@ -476,7 +480,13 @@ def _tools(store: Any, flows: Any, args: argparse.Namespace) -> dict[str, Any]:
     def console(viewer: Any) -> Any:
         return build_console(store.state, user=viewer.user, mlflow_uri=args.mlflow_uri, retry=retry)
 
-    return {"console": (console, {"admin"})}
+    def draft(description: str) -> str:
+        return draft_app(description, args.model, args.mcp_url, args.mcp_token)
+
+    def builder(viewer: Any) -> Any:
+        return build_builder(store, user=viewer.user, draft=draft)
+
+    return {"console": (console, {"admin"}), "builder": (builder, {"builder"})}
 
 
 def _flow_engine(store: Any, mcp_url: str | None = None, mcp_token: str | None = None) -> Any:
