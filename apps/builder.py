@@ -240,6 +240,12 @@ def build_builder(
     model_apply = pn.widgets.Button(label="Apply data model", css_classes=["cl-model-apply"])
     mermaid = pn.pane.Markdown("", css_classes=["cl-er"])
     preview = pn.Column(sizing_mode="stretch_width")
+    layout_page = pn.widgets.Select(label="Page", options={}, width=220, css_classes=["cl-layout-page"])
+    from panel.layout.gridstack import GridStack
+
+    layout = pn.Column(sizing_mode="stretch_width", css_classes=["cl-layout"])
+    # Panel loads GridStack's script only for models on the page when it opens: keep one there.
+    script_loader = GridStack(visible=False)
     versions = pn.pane.Markdown("")
     rollback_to = pn.widgets.IntInput(label="Roll back to version", start=1, width=160)
     rollback = pn.widgets.Button(label="Roll back", css_classes=["cl-rollback"])
@@ -265,6 +271,51 @@ def build_builder(
         status.object = f"**{doc.get('app', {}).get('name', '')}** · {where}" if doc else "Open or draft an app."
         show_versions()
         show_preview()
+        pages = {p.get("title") or p["id"]: i for i, p in enumerate(doc.get("pages", []))}
+        layout_page.options = pages
+        if pages and layout_page.value not in pages.values():
+            layout_page.value = 0
+        layout.objects = []  # rebuilt when the Layout tab is opened
+
+    def show_layout(_e: Any = None) -> None:
+        """The page's components on a drag-and-resize grid; moves and resizes go back into the document."""
+        if b.doc is None or layout_page.value is None or layout_page.value >= len(b.doc.get("pages", [])):
+            layout.objects = []
+            return
+        page = b.doc["pages"][layout_page.value]
+        grid = GridStack(
+            ncols=page.get("columns", 12), allow_drag=True, allow_resize=True, height=600, sizing_mode="stretch_width"
+        )
+        cards: dict[str, str] = {}  # id of a card on the grid → component id
+        for comp in page.get("components", []):
+            pos = comp.get("position") or {"x": 0, "y": 0, "w": 12, "h": 2}
+            card = pn.pane.Markdown(
+                f"**{comp['id']}**  \n{comp['type']}",
+                styles={"background": "#eef4fa", "border": "1px solid #9fb7cc", "padding": "4px"},
+                css_classes=[f"cl-layout-{comp['id']}"],
+                sizing_mode="stretch_both",
+            )
+            grid[pos["y"] : pos["y"] + pos["h"], pos["x"] : pos["x"] + pos["w"]] = card
+            cards[str(id(card))] = comp["id"]
+
+        def moved(event: Any) -> None:
+            changed = False
+            for item in event.new or []:
+                cid = cards.get(str(item.get("id")))
+                if cid is None:
+                    continue
+                x0, y0, x1, y1 = (int(item[k]) for k in ("x0", "y0", "x1", "y1"))
+                pos = b.component(cid).get("position") or {}
+                if (pos.get("x"), pos.get("y"), pos.get("w"), pos.get("h")) != (x0, y0, x1 - x0, y1 - y0):
+                    b.move(cid, x0, y0, x1 - x0, y1 - y0)
+                    changed = True
+            if changed:
+                yaml_editor.value = b.yaml_text()
+                issues.object = _issues_markdown(b.issues())
+                show_component()
+
+        grid.param.watch(moved, "state")
+        layout.objects = [grid]
 
     def show_component(_e: Any = None) -> None:
         if not components.value or b.doc is None:
@@ -398,6 +449,7 @@ def build_builder(
     publish.on_click(guarded(do_publish))
     rollback.on_click(guarded(do_rollback))
     components.param.watch(show_component, "value")
+    layout_page.param.watch(show_layout, "value")
 
     if app:
         guarded(do_open)(None)
@@ -412,6 +464,10 @@ def build_builder(
     )
     tabs = pn.Tabs(
         ("Page", page_tab),
+        (
+            "Layout",
+            pn.Column(layout_page, pn.pane.Markdown("Drag and resize; the positions are saved with the app."), layout),
+        ),
         ("Data model", pn.Column(model_editor, model_apply, mermaid, sizing_mode="stretch_width")),
         ("YAML", pn.Column(yaml_editor, yaml_apply, sizing_mode="stretch_width")),
         ("Preview", preview),
@@ -419,6 +475,11 @@ def build_builder(
         dynamic=False,
         sizing_mode="stretch_width",
     )
+    def on_tab(event: Any) -> None:
+        if event.new == 1 and not layout.objects:
+            show_layout()
+
+    tabs.param.watch(on_tab, "active")
     return pn.Column(
         pn.pane.Markdown("## ContextLab app builder"),
         pn.Row(pick, open_),
@@ -430,6 +491,7 @@ def build_builder(
         confirm,
         issues,
         tabs,
+        script_loader,
         sizing_mode="stretch_width",
         css_classes=["cl-builder"],
     )

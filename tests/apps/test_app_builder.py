@@ -123,7 +123,7 @@ def served(store: AppStore) -> Iterator[str]:
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (/usr/bin/chromium)")
 def test_describe_create_and_edit_in_the_browser(served: str, store: AppStore, tmp_path: Path) -> None:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(
@@ -143,7 +143,27 @@ def test_describe_create_and_edit_in_the_browser(served: str, store: AppStore, t
             page.locator(".cl-save button").click()
             page.locator(".cl-builder-status").get_by_text("Saved version 2").wait_for()
             page.screenshot(path=str(tmp_path / "builder.png"), full_page=True)
+
+            # drag the bottom-right corner of `intro` on the layout grid to the left: it gets narrower
+            page.get_by_text("Layout", exact=True).first.click()
+            item = page.locator(".grid-stack-item").first
+            item.wait_for()
+            before = page.locator(".cl-yaml textarea").input_value()
+            item.hover()
+            page.wait_for_timeout(300)  # gridstack shows the resize handle on hover
+            handle = item.locator(".ui-resizable-se").first.bounding_box()
+            page.mouse.move(handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2)
+            page.mouse.down()
+            page.mouse.move(handle["x"] - 300, handle["y"] + 40, steps=10)
+            page.mouse.up()
+            expect(page.locator(".cl-yaml textarea")).not_to_have_value(before)  # the document followed the grid
+            page.screenshot(path=str(tmp_path / "builder-layout.png"), full_page=True)
+            page.locator(".cl-save button").click()
+            page.locator(".cl-builder-status").get_by_text("Saved version 3").wait_for()
         finally:
             browser.close()
-    assert store.get("trips").version == 2
-    assert store.get("trips").dsl["pages"][0]["components"][2]["title"] == "Trips waiting"
+    saved = store.get("trips")
+    assert saved.version == 3
+    assert saved.dsl["pages"][0]["components"][2]["title"] == "Trips waiting"
+    intro = saved.dsl["pages"][0]["components"][0]
+    assert intro["id"] == "intro" and intro["position"]["w"] < 12  # resized on the grid, kept in the document
