@@ -196,7 +196,10 @@ def _store(args: argparse.Namespace) -> Any:
     workspace = Path(args.workspace).expanduser().resolve()
     state = StateStore(args.state_url or sqlite_url_for_workspace(workspace / ".contextlab"))
     state.migrate()
-    return AppStore(state, workspace / "apps", publish=EventBus(state).publish)
+    apps_dir = workspace / "apps"
+    if os.environ.get("CONTEXTLAB_APPS_DIR") and str(workspace) == os.environ.get("CONTEXTLAB_WORKSPACE"):
+        apps_dir = Path(os.environ["CONTEXTLAB_APPS_DIR"])  # the Jupyter server's `apps_dir` setting
+    return AppStore(state, apps_dir, publish=EventBus(state).publish)
 
 
 def _read(path: str) -> str:

@@ -531,7 +531,8 @@ class ContextLab(ExtensionApp):
             if self.sql_databases:
                 paths = {n: self.root_dir / p for n, p in self.sql_databases.items()}
                 return SQLProvider(paths, **options)
-            # App databases are written by the apps' own server thread; DuckDB allows one writer per file.
+            # The apps' DuckDB files belong to the apps server (another process): an open read-only
+            # connection here would lock it out, since DuckDB lets one process at a time write a file.
             return SQLProvider.discover(self.root_dir, exclude=(self.apps_path,), **options)
         if name == "logs":
             return LogsProvider(self.log_buffer)
@@ -609,6 +610,7 @@ class ContextLab(ExtensionApp):
         os.environ["CONTEXTLAB_TOKEN"] = token
         # The apps server (started through jupyter-server-proxy) and terminals work on this workspace.
         os.environ["CONTEXTLAB_WORKSPACE"] = str(self.root_dir)
+        os.environ["CONTEXTLAB_APPS_DIR"] = str(self.apps_path)
         os.environ["CONTEXTLAB_STATE_URL"] = str(self.store.engine.url.render_as_string(hide_password=False))
 
     async def _warm_tool_index(self) -> None:

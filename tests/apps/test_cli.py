@@ -114,3 +114,13 @@ def test_export_as_a_panel_script_that_runs_and_extends(tmp_path: Path, capsys: 
     tables = [o for o in scope["pages"]["submit"].select(pn.widgets.Tabulator)]
     assert tables and tables[0].value["employee"].tolist() == ["ann"]
     scope["pages"]["submit"].append(pn.pane.Markdown("extended"))  # a plain Panel layout to extend
+
+
+def test_new_without_a_source_makes_a_skeleton(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = run(capsys, tmp_path, "new", "notes", "--title", "Team notes")
+    assert code == 0 and "created app 'notes' version 1" in out
+    doc, _ = dsl.parse(run(capsys, tmp_path, "show", "notes")[1])
+    assert doc["app"]["title"] == "Team notes" and doc["pages"][0]["route"] == "/home"
+    code, _, err = run(capsys, tmp_path, "new", "notes")
+    assert code == 1 and "notes" in err  # the name is taken; nothing overwritten
+    assert run(capsys, tmp_path, "versions", "notes", "--json")[1].count('"version"') == 1

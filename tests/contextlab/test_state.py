@@ -30,10 +30,13 @@ def test_migrations_create_the_tables_and_are_idempotent(tmp_path):
         "llm_usage",
         "pipeline_runs",
         "pipeline_schedules",
+        "apps",
+        "app_versions",
+        "flow_instances",
     } <= set(inspector.get_table_names())
     assert {"prompt_version", "prompt_label"} <= {c["name"] for c in inspector.get_columns("audit_log")}
     with store.engine.connect() as con:
-        assert con.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0005"
+        assert con.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0006"
     store.close()
 
 
