@@ -71,7 +71,18 @@ def audit_frame(
     )
     frame = pd.DataFrame.from_records(
         rows,
-        columns=["ts", "principal", "method", "target", "outcome", "latency_ms", "error", "decision", "client"],
+        columns=[
+            "ts",
+            "principal",
+            "method",
+            "target",
+            "outcome",
+            "latency_ms",
+            "error",
+            "decision",
+            "client",
+            "session_id",
+        ],
     )
     if tool and not frame.empty:
         needle = tool.lower()
@@ -146,7 +157,7 @@ def value_event(record: EventRecord) -> ValueEvent | None:
     """The value event an outbox event stands for, or None for plumbing (registry and prompt changes, …)."""
     p = record.payload or {}
     topic = record.topic
-    what = p.get("app") or p.get("pipeline") or p.get("server") or ""
+    what = p.get("app") or p.get("pipeline") or p.get("server") or p.get("schedule") or ""
     if topic == "flow.started":
         kind, title, action = "task accepted", f"{p.get('flow')} started in {what}", "trace"
     elif topic == "flow.task_waiting":
@@ -154,6 +165,8 @@ def value_event(record: EventRecord) -> ValueEvent | None:
         kind, title, action = "approval requested", f"{task.get('title') or task.get('name')} ({what})", "approve"
     elif topic == "flow.completed":
         kind, title, action = "receipt", f"{p.get('flow')} completed in {what}", "trace"
+    elif topic == "flow.cancelled":
+        kind, title, action = "receipt", f"{p.get('flow')} cancelled in {what}", "trace"
     elif topic == "flow.failed":
         kind, title, action = "anomaly detected", f"{p.get('flow')} failed in {what}", "retry"
     elif topic == "app.published":
@@ -162,16 +175,32 @@ def value_event(record: EventRecord) -> ValueEvent | None:
         kind, title, action = "receipt", f"pipeline {what} succeeded", "trace"
     elif topic in ("pipeline.failed", "pipeline.alert"):
         kind, title, action = "anomaly detected", f"pipeline {what} {p.get('status') or 'alert'}", "retry"
+    elif topic == "pipeline.alert_failed":
+        kind, title, action = "anomaly detected", f"alert {p.get('alert')} for pipeline {what} was not sent", None
+    elif topic == "pipeline.skipped":
+        kind, title, action = (
+            "anomaly detected",
+            f"schedule {p.get('schedule')} skipped a run ({p.get('reason')})",
+            None,
+        )
     elif topic == "pipeline.retry":
         kind, title, action = "recovery started", f"pipeline {what} retries (attempt {p.get('attempt')})", None
     elif topic == "provider.health":
-        down = p.get("status") == "down" or p.get("breaker") == "open"
-        kind = "anomaly detected" if down else "recovery done"
-        title, action = f"upstream {what} is {'down' if down else 'back up'}", "trace"
+        kind, title = _health_kind(p, what)
+        action = "trace"
     else:
         return None
     detail = p.get("error") or p.get("last_error") or ""
     return ValueEvent(record.id, record.ts, kind, title, str(detail)[:300], action, p)
+
+
+def _health_kind(payload: Mapping[str, Any], server: str) -> tuple[str, str]:
+    """Upstream health: down or breaker open is an anomaly, half-open a recovery under way, up and closed done."""
+    if payload.get("status") == "down" or payload.get("breaker") == "open":
+        return "anomaly detected", f"upstream {server} is down"
+    if payload.get("breaker") == "half-open":
+        return "recovery started", f"upstream {server} is being probed (breaker half-open)"
+    return "recovery done", f"upstream {server} is back up"
 
 
 def value_events(state: StateStore, after: int = 0, limit: int = 200) -> list[ValueEvent]:
@@ -181,6 +210,22 @@ def value_events(state: StateStore, after: int = 0, limit: int = 200) -> list[Va
         records = list(session.scalars(query))
     events = [e for e in map(value_event, records) if e is not None]
     return events[:limit]
+
+
+def trace_frame(state: StateStore, event: ValueEvent, *, before_s: float = 120, after_s: float = 5) -> pd.DataFrame:
+    """The audit rows behind a value event: those of its MCP session if the event names one, else the calls
+    made in the `before_s` seconds before it (and `after_s` after, for clock skew)."""
+    frame = audit_frame(state, hours=None, limit=2000)
+    if frame.empty:
+        return frame
+    session_id = event.payload.get("session_id")
+    if session_id:
+        return frame[frame["session_id"] == session_id].reset_index(drop=True)
+    ts = pd.to_datetime(frame["ts"], utc=True)
+    at = pd.Timestamp(event.ts)
+    at = at.tz_localize("UTC") if at.tzinfo is None else at
+    keep = (ts <= at + pd.Timedelta(seconds=after_s)) & (ts >= at - pd.Timedelta(seconds=before_s))
+    return frame[keep].reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------------------------------ views
@@ -219,9 +264,15 @@ def registry_tab(state: StateStore) -> pn.Column:
 
 
 def prompts_tab(state: StateStore, user: str) -> pn.Column:
-    from contextlab.extension.prompts import PromptError, PromptStore
+    from contextlab.extension.events import EventBus
+    from contextlab.extension.prompts import CANARY, SERVED, PromptError, PromptStore
 
     prompts = PromptStore(state)
+    bus = EventBus(state)
+    # like the server's own PromptStore: every change is announced in the events outbox
+    prompts.listeners.append(
+        lambda prompt, action: bus.publish("prompts.changed", {"prompt": prompt, "action": action})
+    )
     summary = pn.pane.Markdown("")
     pick = pn.widgets.Select(label="Tool description", options=[])
     versions = _table(pd.DataFrame(), "cl-console-prompt-versions", page_size=8)
@@ -229,7 +280,8 @@ def prompts_tab(state: StateStore, user: str) -> pn.Column:
     new = pn.widgets.IntInput(label="To version", value=1, start=1, width=120)
     diff = pn.pane.Markdown("", css_classes=["cl-console-prompt-diff"])
     message = pn.pane.Markdown("")
-    rollback = pn.widgets.Button(label="Roll back the served label", button_type="warning")
+    which = pn.widgets.Select(label="Label to roll back", options=[SERVED, CANARY], value=SERVED, width=160)
+    rollback = pn.widgets.Button(label="Roll back the label", button_type="warning", css_classes=["cl-prompt-rollback"])
 
     def load_summary() -> None:
         data = prompts.summary()
@@ -246,6 +298,8 @@ def prompts_tab(state: StateStore, user: str) -> pn.Column:
             else "No tool description is versioned yet: `contextlab prompts` records one."
         )
         pick.options = sorted(data)
+        if pick.value not in pick.options:
+            pick.value = pick.options[0] if pick.options else None
 
     def show(_event: Any = None) -> None:
         if not pick.value:
@@ -266,11 +320,14 @@ def prompts_tab(state: StateStore, user: str) -> pn.Column:
 
     def do_rollback(_event: Any) -> None:
         try:
-            label = prompts.rollback(pick.value, author=user)
+            label = prompts.rollback(pick.value, author=user, label=which.value)
         except PromptError as exc:
             message.object = f"**Not rolled back:** {exc}"
             return
-        message.object = f"`{pick.value}`: label `{label.label}` now serves version {label.version}."
+        if label.label == CANARY and not label.history:
+            message.object = f"`{pick.value}`: canary removed; every caller sees `{SERVED}`."
+        else:
+            message.object = f"`{pick.value}`: label `{label.label}` now serves version {label.version}."
         load_summary()
         show()
 
@@ -281,7 +338,9 @@ def prompts_tab(state: StateStore, user: str) -> pn.Column:
     load_summary()
     show()
     show_diff()
-    return pn.Column(summary, pick, versions, pn.Row(old, new), diff, rollback, message, sizing_mode="stretch_width")
+    return pn.Column(
+        summary, pick, versions, pn.Row(old, new), diff, pn.Row(which, rollback), message, sizing_mode="stretch_width"
+    )
 
 
 def audit_tab(state: StateStore) -> pn.Column:
@@ -324,7 +383,7 @@ def jobs_tab(state: StateStore, mlflow_uri: str | None) -> pn.Column:
         points = [
             {"created_at": str(r.created_at), "duration_s": r.duration_s, "status": r.status, "pipeline": r.pipeline}
             for r in frame.itertuples()
-            if r.duration_s is not None
+            if pd.notna(r.duration_s)
         ]
         durations.object = {
             "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
@@ -422,14 +481,10 @@ def chat_hub_tab(
         return pn.Card(*body, hide_header=True, sizing_mode="stretch_width", css_classes=["cl-hub-card"])
 
     def show_trace(event: ValueEvent) -> None:
-        window = audit_frame(state, hours=None, limit=2000)
-        if not window.empty:
-            ts = pd.to_datetime(window["ts"], utc=True)
-            at = pd.Timestamp(event.ts).tz_localize("UTC") if pd.Timestamp(event.ts).tzinfo is None else event.ts
-            window = window[(ts <= at + pd.Timedelta(seconds=5)) & (ts >= at - pd.Timedelta(seconds=120))]
+        window = trace_frame(state, event)
         trace.objects = [
-            pn.pane.Markdown(f"**MCP calls around:** {event.title}"),
-            _table(window, "cl-hub-trace", 10) if not window.empty else pn.pane.Markdown("No MCP calls then."),
+            pn.pane.Markdown(f"**MCP calls behind:** {event.title}"),
+            _table(window, "cl-hub-trace-table", 10) if not window.empty else pn.pane.Markdown("No MCP calls then."),
         ]
 
     def refresh(_event: Any = None) -> None:
