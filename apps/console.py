@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
+from urllib.parse import quote
 
+import httpx
 import pandas as pd
 import panel as pn
 from sqlalchemy import select
@@ -128,16 +132,26 @@ def runs_frame(state: StateStore, limit: int = 200) -> pd.DataFrame:
 
 
 def mlflow_frame(tracking_uri: str, limit: int = 50) -> pd.DataFrame:
-    """The latest MLflow runs with their metrics (columns `metrics.*`)."""
-    import mlflow
+    """The latest MLflow runs with their metrics (columns `metrics.*`), newest first.
 
-    client_uri = mlflow.get_tracking_uri()
-    try:
-        mlflow.set_tracking_uri(tracking_uri)
-        runs = mlflow.search_runs(search_all_experiments=True, max_results=limit, order_by=["start_time DESC"])
-    finally:
-        mlflow.set_tracking_uri(client_uri)
-    return runs if isinstance(runs, pd.DataFrame) else pd.DataFrame()
+    Uses a client of its own: the process-wide tracking URI (and `$MLFLOW_TRACKING_URI`) stay as they are."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return pd.DataFrame()
+    runs = client.search_runs(experiments, max_results=limit, order_by=["attributes.start_time DESC"])
+    rows = [
+        {
+            "run_id": run.info.run_id,
+            "tags.mlflow.runName": run.info.run_name,
+            "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True),
+            **{f"metrics.{k}": v for k, v in run.data.metrics.items()},
+        }
+        for run in runs
+    ]
+    return pd.DataFrame(rows)
 
 
 @dataclass(frozen=True)
@@ -318,9 +332,32 @@ def prompts_tab(state: StateStore, user: str) -> pn.Column:
                 text = str(exc)
             diff.object = f"```diff\n{text or '(no change)'}\n```"
 
+    def roll_back(prompt: str, label: str) -> dict[str, Any]:
+        # In a Jupyter server's environment (the console behind jupyter-server-proxy) the rollback goes
+        # through its REST API, so the gateway's in-memory labels change at once; standalone it writes the store.
+        url = os.environ.get("CONTEXTLAB_MCP_URL")
+        if not url:
+            return prompts.rollback(prompt, author=user, label=label).to_dict()
+        from contextlab.kernels.api import api_base, auth_header
+
+        target = f"{api_base(url)}contextlab/api/prompts/{quote(prompt, safe='')}/rollback"
+        try:
+            response = httpx.post(
+                target, json={"label": label}, headers=auth_header(os.environ.get("CONTEXTLAB_TOKEN")), timeout=30
+            )
+        except httpx.HTTPError as exc:
+            raise PromptError(f"the Jupyter server did not answer ({exc})") from exc
+        finally:
+            prompts.reload()
+        body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+        if response.status_code >= 400:
+            raise PromptError(body.get("error") or f"HTTP {response.status_code}")
+        prompts.reload()
+        return body
+
     def do_rollback(_event: Any) -> None:
         try:
-            label = prompts.rollback(pick.value, author=user, label=which.value)
+            label = SimpleNamespace(**roll_back(pick.value, which.value))
         except PromptError as exc:
             message.object = f"**Not rolled back:** {exc}"
             return

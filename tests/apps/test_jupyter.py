@@ -80,3 +80,31 @@ def test_a_page_renders_through_the_proxy(server: JupyterServer, tmp_path: Path)
             page.screenshot(path=str(tmp_path / "apps-in-jupyter.png"), full_page=True)
         finally:
             browser.close()
+
+
+def test_console_rollback_goes_through_the_jupyter_server(
+    server: JupyterServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Behind the proxy the console inherits the server's endpoint: a rollback changes the live gateway."""
+    import panel as pn
+
+    from contextlab.apps import console
+
+    for text in ("Query the shop, read-only.", "Query the shop (new wording)."):
+        made = server.api("POST", "contextlab/api/prompts/sql__query/versions", json={"description": text})
+        assert made.status_code == 201, made.text
+
+    def stable() -> int:
+        labels = server.api("GET", "contextlab/api/prompts/sql__query").json()["labels"]
+        return next(label["version"] for label in labels if label["label"] == "stable")
+
+    before = stable()
+    monkeypatch.setenv("CONTEXTLAB_MCP_URL", server.mcp_url)
+    monkeypatch.setenv("CONTEXTLAB_TOKEN", server.token)
+    state = StateStore(sqlite_url_for_workspace(server.root / ".contextlab"))
+    tab = console.prompts_tab(state, "ann")
+    rollback = next(b for b in tab.select(pn.widgets.Button) if b.label.startswith("Roll back"))
+    rollback.clicks += 1
+    assert stable() == before - 1  # the server's own view moved, not just the database
+    assert f"now serves version {before - 1}" in tab.objects[-1].object
+    state.close()
